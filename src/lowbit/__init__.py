@@ -1,0 +1,18 @@
+"""lowbit: low-bit quantization and mixed-precision computation for PyTorch models.
+
+>>> import lowbit as lb
+>>> q = lb.quantize(torch.randn(64, 256), "int4:g128:asym")
+>>> x_hat = q.dequantize(); q.nbytes
+"""
+
+from . import formats, quant
+from .quant import (PerBlock, PerChannel, PerGroup, PerTensor, PerToken, QParams, QTensor,
+                    ScaleMode, Scheme, choose_qparams, dequantize, fake_quantize,
+                    qparams_from_range, quantize)
+
+__version__ = "0.1.0"
+__all__ = [
+    "PerBlock", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QParams", "QTensor",
+    "ScaleMode", "Scheme", "__version__", "choose_qparams", "dequantize", "fake_quantize",
+    "formats", "qparams_from_range", "quant", "quantize",
+]

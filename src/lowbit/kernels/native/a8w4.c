@@ -1,0 +1,484 @@
+/*
+ * lowbit native A8W4 GEMM: y = linear(x, W) with int8 per-token activations and
+ * packed int4 weights, for x86-64 CPUs.  Plain C over raw buffers (no torch headers);
+ * compiled on first use by lowbit/kernels/native/_build.py and loaded with ctypes.
+ *
+ * Three paths live in this one file and are picked at run time:
+ *   2  avx512_vnni  vpdpbusd (u8 x s8 -> s32), 16 output columns per zmm
+ *   1  avx2         vpmaddubsw + vpmaddwd, 8 output columns per ymm
+ *   0  scalar       portable C
+ * All three compute bit-identical results: the integer part is exact and the float
+ * part uses the same operations in the same order (built with -ffp-contract=off).
+ *
+ * Math (see __init__.py for the full contract), per row m and output column n:
+ *   s_x[m]   = amax|x[m,:]| / 127   (1 if that is 0)
+ *   qx[m,k]  = clamp(rint(x[m,k] / s_x[m]), -127, 127)
+ *   acc_g    = sum_{k in g} qx[m,k] * (u[n,k] - z[n,g])          (int32, exact)
+ *            = dot(u, qx) + z[n,g] * nrs[m,g],   nrs = -sum_{k in g} qx[m,k]
+ *   t        = 0; for g in 0..G-1: t = t + (float)acc_g * s_w[n,g]   (fp32)
+ *   y[m,n]   = t * s_x[m]  (+ bias[n])
+ *
+ * Weight layout (built by _layout.py): u are offset-binary codes 0..15 (symmetric
+ * int4 codes + 8), rows padded to NB = ceil(N/16) blocks of 16, K padded to Kp (x8).
+ *   w[b][o][64 bytes], o = octet of 8 k's; byte 4*j + i of octet o holds
+ *   low nibble  = u[16b + j, 8o + i]      (i = 0..3)
+ *   high nibble = u[16b + j, 8o + 4 + i]
+ * so one 64-byte load feeds 16 columns x 8 k's.  Scales sw and zero points zw are
+ * [NB][G][16] (fp32 / int32), zero in padded lanes.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LB_API __attribute__((visibility("default")))
+#define INLINE static inline __attribute__((always_inline))
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define T256 __attribute__((target("avx2")))
+#define T512Q __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+typedef struct {
+    const float *x;
+    int64_t M;
+    int K, Kp, N, NB, G, opg;
+    const uint8_t *w;
+    const float *sw;
+    const int32_t *zw;
+    const float *bias;
+    float *y;
+    int32_t *acc_out; /* [M][N][G] or NULL */
+    int8_t *qx;       /* [M][Kp] */
+    float *sx;        /* [M] */
+    int32_t *nrs;     /* [M][G] */
+    int isa;
+} problem;
+
+/* ------------------------------------------------------------------------------ */
+/* activation quantization, one row                                               */
+
+#define QUANT_TAIL_BODY                                                            \
+    for (int k = K; k < Kp; ++k) q[k] = 0;                                         \
+    *sx = s;                                                                       \
+    for (int gi = 0; gi < G; ++gi) {                                               \
+        int32_t sum = 0;                                                           \
+        for (int k = gi * gk; k < (gi + 1) * gk; ++k) sum += q[k];                 \
+        nrs[gi] = -sum;                                                            \
+    }
+
+static void quant_row_scalar(const float *x, int K, int Kp, int8_t *q, float *sx,
+                             int32_t *nrs, int G, int gk) {
+    float amax = 0.0f;
+    for (int k = 0; k < K; ++k) {
+        float a = fabsf(x[k]);
+        amax = a > amax ? a : amax;
+    }
+    float s = amax / 127.0f;
+    if (s == 0.0f) s = 1.0f;
+    for (int k = 0; k < K; ++k) {
+        float v = x[k] / s;
+        v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
+        q[k] = (int8_t)rintf(v);
+    }
+    QUANT_TAIL_BODY
+}
+
+T512Q static void quant_row_512(const float *x, int K, int Kp, int8_t *q, float *sx,
+                               int32_t *nrs, int G, int gk) {
+    __m512 vmax = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + k)));
+    }
+    float amax = _mm512_reduce_max_ps(vmax);
+    float s = amax / 127.0f;
+    if (s == 0.0f) s = 1.0f;
+    const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (k = 0; k < K; k += 16) {
+        __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), vs);
+        v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        _mm_mask_storeu_epi8(q + k, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+    QUANT_TAIL_BODY
+}
+
+/* ------------------------------------------------------------------------------ */
+/* AVX-512 VNNI tile: MR rows x NR blocks of 16 columns, full K                   */
+
+INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, const int NR) {
+    const int G = p->G, opg = p->opg, Kp = p->Kp, N = p->N;
+    const size_t bstride = (size_t)Kp * 8; /* bytes per block of 16 rows */
+    const uint8_t *wb = p->w + (size_t)b0 * bstride;
+    const int8_t *qx = p->qx + (size_t)m0 * Kp;
+    const __m512i m0f = _mm512_set1_epi8(0x0F);
+    __m512 t[4][4];
+    __m512i acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) t[i][j] = _mm512_setzero_ps();
+
+    for (int g = 0; g < G; ++g) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            __m512i z = _mm512_loadu_si512(p->zw + ((size_t)(b0 + j) * G + g) * 16);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i)
+                acc[i][j] = _mm512_mullo_epi32(z, _mm512_set1_epi32(p->nrs[(size_t)(m0 + i) * G + g]));
+        }
+        const size_t o0 = (size_t)g * opg;
+        for (int o = 0; o < opg; ++o) {
+            __m512i lo[4], hi[4];
+            const uint8_t *wo = wb + (o0 + o) * 64;
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; ++j) {
+                __m512i v = _mm512_loadu_si512(wo + j * bstride);
+                lo[j] = _mm512_and_si512(v, m0f);
+                hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+            }
+            const int8_t *qk = qx + (o0 + o) * 8;
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) {
+                int32_t a4, b4;
+                memcpy(&a4, qk + (size_t)i * Kp, 4);
+                memcpy(&b4, qk + (size_t)i * Kp + 4, 4);
+                const __m512i xa = _mm512_set1_epi32(a4), xb = _mm512_set1_epi32(b4);
+#pragma GCC unroll 4
+                for (int j = 0; j < NR; ++j) {
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], lo[j], xa);
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], hi[j], xb);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            const __m512 s = _mm512_loadu_ps(p->sw + ((size_t)(b0 + j) * G + g) * 16);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i)
+                t[i][j] = _mm512_add_ps(t[i][j], _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), s));
+        }
+        if (p->acc_out) {
+            for (int i = 0; i < MR; ++i)
+                for (int j = 0; j < NR; ++j) {
+                    int32_t lane[16];
+                    _mm512_storeu_si512(lane, acc[i][j]);
+                    for (int l = 0; l < 16 && 16 * (b0 + j) + l < N; ++l)
+                        p->acc_out[((size_t)(m0 + i) * N + 16 * (b0 + j) + l) * G + g] = lane[l];
+                }
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+        const int n0 = 16 * (b0 + j);
+        const __mmask16 mk = N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1u);
+        const __m512 bv = p->bias ? _mm512_maskz_loadu_ps(mk, p->bias + n0) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) {
+            __m512 v = _mm512_mul_ps(t[i][j], _mm512_set1_ps(p->sx[m0 + i]));
+            if (p->bias) v = _mm512_add_ps(v, bv);
+            _mm512_mask_storeu_ps(p->y + (size_t)(m0 + i) * N + n0, mk, v);
+        }
+    }
+}
+
+#define NR512 3
+T512 static void run512(const problem *p, int b_begin, int b_end) {
+    for (int b = b_begin; b < b_end; b += NR512) {
+        const int nr = b_end - b < NR512 ? b_end - b : NR512;
+        for (int64_t m = 0; m < p->M; m += 4) {
+            const int mr = p->M - m < 4 ? (int)(p->M - m) : 4;
+            switch (mr * 4 + nr) {
+                case 1 * 4 + 1: tile512(p, m, b, 1, 1); break;
+                case 1 * 4 + 2: tile512(p, m, b, 1, 2); break;
+                case 1 * 4 + 3: tile512(p, m, b, 1, 3); break;
+                case 2 * 4 + 1: tile512(p, m, b, 2, 1); break;
+                case 2 * 4 + 2: tile512(p, m, b, 2, 2); break;
+                case 2 * 4 + 3: tile512(p, m, b, 2, 3); break;
+                case 3 * 4 + 1: tile512(p, m, b, 3, 1); break;
+                case 3 * 4 + 2: tile512(p, m, b, 3, 2); break;
+                case 3 * 4 + 3: tile512(p, m, b, 3, 3); break;
+                case 4 * 4 + 1: tile512(p, m, b, 4, 1); break;
+                case 4 * 4 + 2: tile512(p, m, b, 4, 2); break;
+                default: tile512(p, m, b, 4, 3); break;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------ */
+/* AVX2 tile: MR rows x one block (two ymm halves of 8 columns)                   */
+
+INLINE T256 void tile256(const problem *p, int64_t m0, int b, const int MR) {
+    const int G = p->G, opg = p->opg, Kp = p->Kp, N = p->N;
+    const uint8_t *wb = p->w + (size_t)b * Kp * 8;
+    const int8_t *qx = p->qx + (size_t)m0 * Kp;
+    const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 t[2][2];
+    __m256i acc[2][2];
+    for (int i = 0; i < MR; ++i) t[i][0] = t[i][1] = _mm256_setzero_ps();
+    for (int g = 0; g < G; ++g) {
+        for (int h = 0; h < 2; ++h) {
+            __m256i z = _mm256_loadu_si256((const __m256i *)(p->zw + ((size_t)b * G + g) * 16 + 8 * h));
+            for (int i = 0; i < MR; ++i)
+                acc[i][h] = _mm256_mullo_epi32(z, _mm256_set1_epi32(p->nrs[(size_t)(m0 + i) * G + g]));
+        }
+        const size_t o0 = (size_t)g * opg;
+        for (int o = 0; o < opg; ++o) {
+            __m256i lo[2], hi[2];
+            for (int h = 0; h < 2; ++h) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(wb + (o0 + o) * 64 + 32 * h));
+                lo[h] = _mm256_and_si256(v, m0f);
+                hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+            }
+            const int8_t *qk = qx + (o0 + o) * 8;
+            for (int i = 0; i < MR; ++i) {
+                int32_t a4, b4;
+                memcpy(&a4, qk + (size_t)i * Kp, 4);
+                memcpy(&b4, qk + (size_t)i * Kp + 4, 4);
+                const __m256i xa = _mm256_set1_epi32(a4), xb = _mm256_set1_epi32(b4);
+                for (int h = 0; h < 2; ++h) {
+                    /* each int16 pair sum is at most 2*15*127 = 3810: no saturation */
+                    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], xa),
+                                                   _mm256_maddubs_epi16(hi[h], xb));
+                    acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(s16, ones));
+                }
+            }
+        }
+        for (int h = 0; h < 2; ++h) {
+            const __m256 s = _mm256_loadu_ps(p->sw + ((size_t)b * G + g) * 16 + 8 * h);
+            for (int i = 0; i < MR; ++i)
+                t[i][h] = _mm256_add_ps(t[i][h], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i][h]), s));
+        }
+        if (p->acc_out) {
+            for (int i = 0; i < MR; ++i) {
+                int32_t lane[16];
+                _mm256_storeu_si256((__m256i *)lane, acc[i][0]);
+                _mm256_storeu_si256((__m256i *)(lane + 8), acc[i][1]);
+                for (int l = 0; l < 16 && 16 * b + l < N; ++l)
+                    p->acc_out[((size_t)(m0 + i) * N + 16 * b + l) * G + g] = lane[l];
+            }
+        }
+    }
+    for (int i = 0; i < MR; ++i) {
+        float out[16];
+        const __m256 sx = _mm256_set1_ps(p->sx[m0 + i]);
+        _mm256_storeu_ps(out, _mm256_mul_ps(t[i][0], sx));
+        _mm256_storeu_ps(out + 8, _mm256_mul_ps(t[i][1], sx));
+        for (int l = 0; l < 16 && 16 * b + l < N; ++l) {
+            float v = out[l];
+            if (p->bias) v = v + p->bias[16 * b + l];
+            p->y[(size_t)(m0 + i) * N + 16 * b + l] = v;
+        }
+    }
+}
+
+T256 static void run256(const problem *p, int b_begin, int b_end) {
+    for (int b = b_begin; b < b_end; ++b)
+        for (int64_t m = 0; m < p->M; m += 2) {
+            if (p->M - m >= 2) tile256(p, m, b, 2);
+            else tile256(p, m, b, 1);
+        }
+}
+
+/* ------------------------------------------------------------------------------ */
+/* portable scalar path                                                           */
+
+static void run_scalar(const problem *p, int b_begin, int b_end) {
+    const int G = p->G, opg = p->opg, Kp = p->Kp, N = p->N;
+    for (int b = b_begin; b < b_end; ++b) {
+        const uint8_t *wb = p->w + (size_t)b * Kp * 8;
+        for (int64_t m = 0; m < p->M; ++m) {
+            const int8_t *qx = p->qx + (size_t)m * Kp;
+            float t[16];
+            int32_t acc[16];
+            for (int l = 0; l < 16; ++l) t[l] = 0.0f;
+            for (int g = 0; g < G; ++g) {
+                const int32_t nr = p->nrs[(size_t)m * G + g];
+                for (int l = 0; l < 16; ++l) acc[l] = p->zw[((size_t)b * G + g) * 16 + l] * nr;
+                for (int o = g * opg; o < (g + 1) * opg; ++o) {
+                    const uint8_t *wo = wb + (size_t)o * 64;
+                    const int8_t *qk = qx + (size_t)o * 8;
+                    for (int l = 0; l < 16; ++l)
+                        for (int i = 0; i < 4; ++i) {
+                            const int byte = wo[4 * l + i];
+                            acc[l] += (byte & 15) * qk[i] + (byte >> 4) * qk[4 + i];
+                        }
+                }
+                for (int l = 0; l < 16; ++l)
+                    t[l] = t[l] + (float)acc[l] * p->sw[((size_t)b * G + g) * 16 + l];
+                if (p->acc_out)
+                    for (int l = 0; l < 16 && 16 * b + l < N; ++l)
+                        p->acc_out[((size_t)m * N + 16 * b + l) * G + g] = acc[l];
+            }
+            for (int l = 0; l < 16 && 16 * b + l < N; ++l) {
+                float v = t[l] * p->sx[m];
+                if (p->bias) v = v + p->bias[16 * b + l];
+                p->y[(size_t)m * N + 16 * b + l] = v;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------ */
+/* tiny persistent thread pool: workers spin briefly, then sleep on a condvar     */
+
+typedef void (*task_fn)(void *arg, int tid, int nth);
+#define MAX_THREADS 64
+
+static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static atomic_uint pool_gen;
+static atomic_int pool_pending;
+static task_fn pool_fn;
+static void *pool_arg;
+static int pool_nth, pool_nworkers;
+static pid_t pool_pid;
+static unsigned pool_start_gen[MAX_THREADS];
+static atomic_int spin_us = 50;
+
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
+
+static void *worker_main(void *vp) {
+    const int tid = (int)(intptr_t)vp;
+    unsigned seen = pool_start_gen[tid]; /* gen when created: never miss the first job */
+    for (;;) {
+        unsigned g = atomic_load_explicit(&pool_gen, memory_order_acquire);
+        if (g == seen) {
+            const double t0 = now_us(), lim = (double)atomic_load(&spin_us);
+            for (int it = 0; g == seen; ++it) {
+                _mm_pause();
+                g = atomic_load_explicit(&pool_gen, memory_order_acquire);
+                if ((it & 63) == 63 && now_us() - t0 > lim) break;
+            }
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&pool_mu);
+            while ((g = atomic_load(&pool_gen)) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+            pthread_mutex_unlock(&pool_mu);
+        }
+        seen = g;
+        if (tid < pool_nth) pool_fn(pool_arg, tid, pool_nth);
+        atomic_fetch_sub_explicit(&pool_pending, 1, memory_order_acq_rel);
+    }
+    return NULL;
+}
+
+static void pool_run(task_fn fn, void *arg, int nth) {
+    if (nth <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&call_mu);
+    if (pool_pid != getpid()) { /* first call, or a forked child: no workers here */
+        pool_pid = getpid();
+        pool_nworkers = 0;
+    }
+    while (pool_nworkers < nth - 1) {
+        pthread_t th;
+        pool_start_gen[pool_nworkers + 1] = atomic_load(&pool_gen);
+        if (pthread_create(&th, NULL, worker_main, (void *)(intptr_t)(pool_nworkers + 1)) != 0) break;
+        pthread_detach(th);
+        pool_nworkers++;
+    }
+    if (nth > pool_nworkers + 1) nth = pool_nworkers + 1;
+    pool_fn = fn;
+    pool_arg = arg;
+    pool_nth = nth;
+    atomic_store(&pool_pending, pool_nworkers);
+    pthread_mutex_lock(&pool_mu);
+    atomic_fetch_add_explicit(&pool_gen, 1, memory_order_release);
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    fn(arg, 0, nth);
+    for (long it = 0; atomic_load_explicit(&pool_pending, memory_order_acquire) > 0; ++it) {
+        if (it < 100000) _mm_pause();
+        else sched_yield();
+    }
+    pthread_mutex_unlock(&call_mu);
+}
+
+/* ------------------------------------------------------------------------------ */
+/* tasks and entry points                                                         */
+
+static void quant_task(void *vp, int tid, int nth) {
+    const problem *p = (const problem *)vp;
+    const int64_t r0 = p->M * tid / nth, r1 = p->M * (tid + 1) / nth;
+    const int gk = p->opg * 8;
+    for (int64_t m = r0; m < r1; ++m) {
+        const float *x = p->x + (size_t)m * p->K;
+        int8_t *q = p->qx + (size_t)m * p->Kp;
+        if (p->isa >= 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl"))
+            quant_row_512(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
+        else
+            quant_row_scalar(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
+    }
+}
+
+static void gemm_task(void *vp, int tid, int nth) {
+    const problem *p = (const problem *)vp;
+    const int b0 = (int)((int64_t)p->NB * tid / nth), b1 = (int)((int64_t)p->NB * (tid + 1) / nth);
+    if (b0 >= b1) return;
+    if (p->isa == 2) run512(p, b0, b1);
+    else if (p->isa == 1) run256(p, b0, b1);
+    else run_scalar(p, b0, b1);
+}
+
+/* 2 = avx512 vnni, 1 = avx2, 0 = scalar */
+LB_API int lowbit_a8w4_cpu_level(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        return 2;
+    if (__builtin_cpu_supports("avx2")) return 1;
+    return 0;
+}
+
+LB_API void lowbit_a8w4_set_spin_us(int us) { atomic_store(&spin_us, us < 0 ? 0 : us); }
+
+/* Returns 0 on success, -1 on allocation failure, -2 on bad arguments. */
+LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const uint8_t *w,
+                              const float *sw, const int32_t *zw, int N, int G, int opg,
+                              const float *bias, float *y, int32_t *acc_out, int isa,
+                              int nthreads) {
+    if (M < 1 || K < 1 || Kp < K || Kp % 8 || N < 1 || G < 1 || opg < 1 || G * opg * 8 != Kp)
+        return -2;
+    if (isa > lowbit_a8w4_cpu_level() || isa < 0) return -2;
+    problem p = {x, M, K, Kp, N, (N + 15) / 16, G, opg, w, sw, zw, bias, y, acc_out,
+                 NULL, NULL, NULL, isa};
+    p.qx = (int8_t *)aligned_alloc(64, ((size_t)M * Kp + 63) / 64 * 64);
+    p.sx = (float *)malloc((size_t)M * sizeof(float));
+    p.nrs = (int32_t *)malloc((size_t)M * G * sizeof(int32_t));
+    int rc = 0;
+    if (!p.qx || !p.sx || !p.nrs) {
+        rc = -1;
+        goto done;
+    }
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    const double work = (double)M * N * Kp;
+    int nq = (double)M * K < 65536.0 ? 1 : nthreads;
+    if (nq > M) nq = (int)M;
+    pool_run(quant_task, &p, nq);
+    int ng = work < 262144.0 ? 1 : nthreads;
+    if (ng > p.NB) ng = p.NB;
+    pool_run(gemm_task, &p, ng);
+done:
+    free(p.qx);
+    free(p.sx);
+    free(p.nrs);
+    return rc;
+}
