@@ -5,7 +5,13 @@ import torch
 
 from lowbit.formats import pack, packed_length, unpack
 
-BITS = [1, 2, 4, 6, 8]
+BITS = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def group(bits):
+    """(codes, bytes) in one packing group: lcm(bits, 8) bits."""
+    return {1: (8, 1), 2: (4, 1), 3: (8, 3), 4: (2, 1), 5: (8, 5), 6: (4, 3), 7: (8, 7),
+            8: (1, 1)}[bits]
 
 
 def u8(values):
@@ -22,6 +28,10 @@ def u8(values):
     (6, [63, 0, 0, 0, 63], [0x3F, 0x00, 0x00, 0x3F, 0x00, 0x00]),
     (6, [0, 0, 0, 63], [0x00, 0x00, 0xFC]),
     (8, [0, 255, 7], [0, 255, 7]),
+    # 3/5/7-bit: the same little-endian bit stream, 8 codes per lcm(bits, 8) bits
+    (3, [1, 2, 3, 4, 5, 6, 7, 0], [0xD1, 0x58, 0x1F]),
+    (5, [31, 1], [0x3F, 0x00, 0x00, 0x00, 0x00]),
+    (7, [1, 127], [0x81, 0x3F, 0x00, 0x00, 0x00, 0x00, 0x00]),
 ])
 def test_literal_bytes(bits, codes, want):
     got = pack(u8(codes), bits=bits)
@@ -43,7 +53,7 @@ def test_round_trip_random(bits, n):
 
 @pytest.mark.parametrize("bits", BITS)
 def test_element_zero_in_low_bits(bits):
-    per = 4 if bits == 6 else 8 // bits
+    per, _ = group(bits)
     for i in range(per):
         codes = torch.zeros(per, dtype=torch.uint8)
         codes[i] = 1
@@ -51,7 +61,7 @@ def test_element_zero_in_low_bits(bits):
         assert word == 1 << (i * bits)
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 6])
+@pytest.mark.parametrize("bits", BITS[:-1])
 def test_padding_is_zero(bits):
     n = 5
     full = torch.full((n,), (1 << bits) - 1, dtype=torch.uint8)
@@ -88,7 +98,7 @@ def test_pack_scalar_rejected():
         pack(torch.tensor(3), 4)
 
 
-@pytest.mark.parametrize("bits", [0, 3, 5, 7, 16, 4.0, True, "4"])
+@pytest.mark.parametrize("bits", [0, -4, 9, 16, 4.0, True, "4", None])
 def test_unsupported_bits(bits):
     for call in (lambda: pack(u8([1]), bits), lambda: unpack(u8([1]), bits, 1),
                  lambda: packed_length(1, bits)):
@@ -118,6 +128,14 @@ def test_bad_n(n):
 
 @pytest.mark.parametrize("n,bits,want", [(0, 4, 0), (1, 4, 1), (2, 4, 1), (3, 4, 2),
                                          (1, 6, 3), (4, 6, 3), (5, 6, 6), (9, 1, 2), (5, 2, 2),
-                                         (7, 8, 7)])
+                                         (7, 8, 7), (1, 3, 3), (9, 5, 10), (8, 7, 7)])
 def test_packed_length(n, bits, want):
     assert packed_length(n, bits) == want
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_packed_length_counts_whole_groups(bits):
+    per, nbytes = group(bits)
+    for n in range(0, 3 * per + 1):
+        assert packed_length(n, bits) == -(-n // per) * nbytes
+        assert packed_length(n, bits) * 8 >= n * bits  # never fewer bytes than bits

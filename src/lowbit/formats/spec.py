@@ -99,6 +99,8 @@ class IntFormat(_TableDecode):
     """An integer format: ``bits`` wide, signed (two's complement) or unsigned.
 
     int4: codes 0..15, values -8..7, code 0xF is -1. Ternary (narrow int2): -1, 0, 1.
+    A narrow format never produces its most negative code (0b10 for ternary): ``table()``
+    holds NaN there and ``decode`` rejects it.
     """
 
     name: str
@@ -122,9 +124,18 @@ class IntFormat(_TableDecode):
     has_inf = False
 
     def _values(self, codes: torch.Tensor) -> torch.Tensor:
+        v = codes.double()
         if self.signed:
-            return torch.where(codes >= 1 << (self.bits - 1), codes - (1 << self.bits), codes)
-        return codes
+            v = torch.where(codes >= 1 << (self.bits - 1), v - (1 << self.bits), v)
+        return torch.where(v < self.min, torch.nan, v)  # the unused code of a narrow format
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Bit patterns -> float32 integer values; ValueError for a narrow format's unused code."""
+        y = super().decode(codes)
+        if self.narrow and torch.isnan(y).any():
+            raise ValueError(f"{self.name}.decode: code {1 << (self.bits - 1)} is unused (values "
+                             f"{self.min}..{self.max} only)")
+        return y
 
     def round(self, x, rounding: Rounding | str = Rounding.NEAREST_EVEN, saturate: bool = True,
               generator: torch.Generator | None = None) -> torch.Tensor:

@@ -104,8 +104,8 @@ def choose_qparams(x: torch.Tensor, scheme: "Scheme | str") -> QParams:
     block = scheme.granularity.block_shape(tuple(x.shape))
     xb = blocked_view(x, block)
     dims = tuple(range(1, xb.dim(), 2))
-    if isinstance(scheme.format, BinaryFormat):
-        return QParams(_safe_scale(xb.abs().mean(dims), 1.0))
+    if isinstance(scheme.format, BinaryFormat):  # a zero block decodes to +-tiny, not +-1
+        return QParams(xb.abs().mean(dims).float().clamp(min=_TINY))
     if scheme.symmetric:
         return QParams(_safe_scale(xb.abs().amax(dims), scheme.format.max))
     return qparams_from_range(xb.amin(dims), xb.amax(dims), scheme)

@@ -64,7 +64,7 @@ def _build() -> Path | None:
     here = Path(__file__).parent
     sources = [here / s for s in _SOURCES]
     try:
-        version = subprocess.run([*cc, "--version"], capture_output=True, text=True,
+        version = subprocess.run([*cc, "--version"], check=False, capture_output=True, text=True,
                                  timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("lowbit native kernels: compiler %r unusable (%s)", cc, exc)
@@ -86,7 +86,7 @@ def _build() -> Path | None:
         return None
     cmd = [*cc, *_FLAGS, "-o", tmp, *map(str, sources)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             log.warning("lowbit native kernels: compile failed (%s):\n%s",
                         shlex.join(cmd), proc.stderr[-4000:])

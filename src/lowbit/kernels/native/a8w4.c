@@ -57,6 +57,7 @@ typedef struct {
     float *sx;        /* [M] */
     int32_t *nrs;     /* [M][G] */
     int isa;
+    atomic_llong *next; /* work counter of gemm_task */
 } problem;
 
 /* ------------------------------------------------------------------------------ */
@@ -189,12 +190,11 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
     }
 }
 
-#define NR512 3
-T512 static void run512(const problem *p, int b_begin, int b_end) {
-    for (int b = b_begin; b < b_end; b += NR512) {
-        const int nr = b_end - b < NR512 ? b_end - b : NR512;
-        for (int64_t m = 0; m < p->M; m += 4) {
-            const int mr = p->M - m < 4 ? (int)(p->M - m) : 4;
+T512 static void run512(const problem *p, int b_begin, int b_end, int64_t m_begin, int64_t m_end) {
+    for (int b = b_begin; b < b_end; b += 3) {
+        const int nr = b_end - b < 3 ? b_end - b : 3;
+        for (int64_t m = m_begin; m < m_end; m += 4) {
+            const int mr = m_end - m < 4 ? (int)(m_end - m) : 4;
             switch (mr * 4 + nr) {
                 case 1 * 4 + 1: tile512(p, m, b, 1, 1); break;
                 case 1 * 4 + 2: tile512(p, m, b, 1, 2); break;
@@ -280,10 +280,10 @@ INLINE T256 void tile256(const problem *p, int64_t m0, int b, const int MR) {
     }
 }
 
-T256 static void run256(const problem *p, int b_begin, int b_end) {
+T256 static void run256(const problem *p, int b_begin, int b_end, int64_t m_begin, int64_t m_end) {
     for (int b = b_begin; b < b_end; ++b)
-        for (int64_t m = 0; m < p->M; m += 2) {
-            if (p->M - m >= 2) tile256(p, m, b, 2);
+        for (int64_t m = m_begin; m < m_end; m += 2) {
+            if (m_end - m >= 2) tile256(p, m, b, 2);
             else tile256(p, m, b, 1);
         }
 }
@@ -291,11 +291,11 @@ T256 static void run256(const problem *p, int b_begin, int b_end) {
 /* ------------------------------------------------------------------------------ */
 /* portable scalar path                                                           */
 
-static void run_scalar(const problem *p, int b_begin, int b_end) {
+static void run_scalar(const problem *p, int b_begin, int b_end, int64_t m_begin, int64_t m_end) {
     const int G = p->G, opg = p->opg, Kp = p->Kp, N = p->N;
     for (int b = b_begin; b < b_end; ++b) {
         const uint8_t *wb = p->w + (size_t)b * Kp * 8;
-        for (int64_t m = 0; m < p->M; ++m) {
+        for (int64_t m = m_begin; m < m_end; ++m) {
             const int8_t *qx = p->qx + (size_t)m * Kp;
             float t[16];
             int32_t acc[16];
@@ -428,13 +428,30 @@ static void quant_task(void *vp, int tid, int nth) {
     }
 }
 
+/* Work is handed out in chunks (a panel of PANEL blocks x up to MCHUNK rows) from an
+ * atomic counter, so a thread that the OS preempts (2 shared cores) delays at most one
+ * chunk instead of half the matrix. Chunks are panel-major: a weight panel is reused
+ * across consecutive row chunks. */
+#define PANEL 3
+#define MCHUNK 64
 static void gemm_task(void *vp, int tid, int nth) {
     const problem *p = (const problem *)vp;
-    const int b0 = (int)((int64_t)p->NB * tid / nth), b1 = (int)((int64_t)p->NB * (tid + 1) / nth);
-    if (b0 >= b1) return;
-    if (p->isa == 2) run512(p, b0, b1);
-    else if (p->isa == 1) run256(p, b0, b1);
-    else run_scalar(p, b0, b1);
+    (void)tid;
+    (void)nth;
+    const int npan = (p->NB + PANEL - 1) / PANEL;
+    const int64_t nm = (p->M + MCHUNK - 1) / MCHUNK;
+    const int64_t nchunks = npan * nm;
+    for (;;) {
+        const int64_t c = atomic_fetch_add_explicit(p->next, 1, memory_order_relaxed);
+        if (c >= nchunks) break;
+        const int b0 = (int)(c / nm) * PANEL;
+        const int b1 = b0 + PANEL < p->NB ? b0 + PANEL : p->NB;
+        const int64_t m0 = (c % nm) * MCHUNK;
+        const int64_t m1 = m0 + MCHUNK < p->M ? m0 + MCHUNK : p->M;
+        if (p->isa == 2) run512(p, b0, b1, m0, m1);
+        else if (p->isa == 1) run256(p, b0, b1, m0, m1);
+        else run_scalar(p, b0, b1, m0, m1);
+    }
 }
 
 /* 2 = avx512 vnni, 1 = avx2, 0 = scalar */
@@ -458,7 +475,9 @@ LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const ui
         return -2;
     if (isa > lowbit_a8w4_cpu_level() || isa < 0) return -2;
     problem p = {x, M, K, Kp, N, (N + 15) / 16, G, opg, w, sw, zw, bias, y, acc_out,
-                 NULL, NULL, NULL, isa};
+                 NULL, NULL, NULL, isa, NULL};
+    atomic_llong next = 0;
+    p.next = &next;
     p.qx = (int8_t *)aligned_alloc(64, ((size_t)M * Kp + 63) / 64 * 64);
     p.sx = (float *)malloc((size_t)M * sizeof(float));
     p.nrs = (int32_t *)malloc((size_t)M * G * sizeof(int32_t));
@@ -474,7 +493,6 @@ LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const ui
     if (nq > M) nq = (int)M;
     pool_run(quant_task, &p, nq);
     int ng = work < 262144.0 ? 1 : nthreads;
-    if (ng > p.NB) ng = p.NB;
     pool_run(gemm_task, &p, ng);
 done:
     free(p.qx);
