@@ -43,7 +43,7 @@ ML = {"fp8_e4m3fn": md.float8_e4m3fn, "fp8_e5m2": md.float8_e5m2,
 ML_INT = {"int4": md.int4, "uint4": md.uint4, "int2": md.int2, "uint2": md.uint2,
           "uint1": md.uint1}
 DETERMINISTIC = [R.NEAREST_EVEN, R.NEAREST_AWAY, R.TOWARD_ZERO, R.FLOOR, R.CEIL, R.ODD]
-SETTINGS = settings(derandomize=True, max_examples=150, deadline=None)
+SETTINGS = settings(derandomize=True, max_examples=40, deadline=None)
 
 
 def t32(a) -> torch.Tensor:
@@ -141,11 +141,15 @@ def test_every_code_round_trips(name):
     vals = f.decode(codes)
     assert vals.dtype == torch.float32
     nan = vals.isnan()
+    inf = vals.isinf()
     for saturate in (False, True):
         back = f.encode(vals, saturate=saturate)
         assert back.dtype == torch.uint8
-        assert torch.equal(back[~nan], codes[~nan].to(torch.uint8)), name
+        keep = ~nan & ~inf if saturate else ~nan  # saturate=True turns +-Inf into +-max
+        assert torch.equal(back[keep], codes[keep].to(torch.uint8)), name
         assert f.decode(back[nan]).isnan().all()
+        if saturate:
+            assert torch.equal(f.decode(back[inf]), vals[inf].clamp(-f.max, f.max))
     assert int(nan.sum()) == {"fp8_e4m3fn": 2, "fp8_e5m2": 6, "e8m0": 1}.get(name, 0)
     # signed zeros keep their sign: the -0 code decodes to -0.0 and re-encodes to itself
     if isinstance(f, FloatFormat) and f.signed:
@@ -240,8 +244,9 @@ HAND = {
              -7.5: (-8, -8, -7, -8, -7, -7), 2.4: (2, 2, 2, 2, 3, 3), 3.0: (3,) * 6},
     "uint8": {0.5: (0, 1, 0, 0, 1, 1), 254.5: (254, 255, 254, 254, 255, 255)},
     "fp8_e4m3fn": {17.0: (16, 18, 16, 16, 18, 18), 1.5 * 2.0**-9: (2.0**-8, 2.0**-8, 2.0**-9,
-                   2.0**-9, 2.0**-8, 2.0**-9), -3.0 * 2.0**-7: (-2.0**-5, -2.0**-5,
-                   -5 * 2.0**-8, -2.0**-5, -5 * 2.0**-8, -5 * 2.0**-8),
+                   2.0**-9, 2.0**-8, 2.0**-9), -1.5625 * 2.0**-6: (-1.5 * 2.0**-6,
+                   -1.625 * 2.0**-6, -1.5 * 2.0**-6, -1.625 * 2.0**-6, -1.5 * 2.0**-6,
+                   -1.625 * 2.0**-6),
                    464.0: (448, math.nan, 448, 448, math.nan, math.nan)},
     "fp8_e5m2": {61440.0: (math.inf, math.inf, 57344, 57344, math.inf, 57344)},
     "fp6_e2m3": {7.25: (7, 7.5, 7, 7, 7.5, 7.5), 0.0625: (0, .125, 0, 0, .125, .125)},
@@ -396,7 +401,7 @@ def test_ml_dtypes_special_inputs(name):
 
 @pytest.mark.parametrize("name", ORACLE)
 @SETTINGS
-@given(bits=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=64))
+@given(bits=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=256))
 def test_ml_dtypes_random_bit_patterns(name, bits):
     check_against_ml_dtypes(name, np.array(bits, np.uint32).view(np.float32))
 
@@ -404,7 +409,7 @@ def test_ml_dtypes_random_bit_patterns(name, bits):
 @pytest.mark.parametrize("name", ORACLE)
 @SETTINGS
 @given(xs=st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=1,
-                   max_size=64))
+                   max_size=256))
 def test_ml_dtypes_random_floats(name, xs):
     check_against_ml_dtypes(name, np.array(xs, np.float32))
 
@@ -475,6 +480,13 @@ def test_fp32_round_and_codes():
 # -- 4. overflow and specials -----------------------------------------------------------------
 
 
+def above_max(f) -> float:
+    """A finite float32 that rounds above max (float32's own max where 3 * max would not fit)."""
+    big = min(f.max * 3, float(np.finfo(np.float32).max))
+    assert big > f.max or f.name == "fp32"
+    return big
+
+
 @pytest.mark.parametrize("name,want", [("fp8_e4m3fn", math.nan), ("fp8_e5m2", math.inf),
                                        ("bf16", math.inf), ("fp16", math.inf),
                                        ("e8m0", math.nan)])
@@ -498,7 +510,7 @@ def test_overflow_without_saturate_raises_where_no_special(name):
 @pytest.mark.parametrize("name", FLOATS)
 def test_saturate_clamps_including_inf(name):
     f = get(name)
-    x = torch.tensor([math.inf, 3e38, f.max])
+    x = torch.tensor([math.inf, above_max(f), f.max])
     assert f.round(x).tolist() == [f.max] * 3
     if f.signed:
         assert f.round(-x).tolist() == [-f.max] * 3
@@ -509,7 +521,7 @@ def test_saturate_clamps_including_inf(name):
 @pytest.mark.parametrize("name", [n for n in FLOATS if n != "fp32"])
 def test_directed_toward_zero_overflow_gives_max(name):
     f = get(name)
-    big = torch.tensor([min(f.max * 3, 3e38)])
+    big = torch.tensor([above_max(f)])
     for mode in (R.TOWARD_ZERO, R.FLOOR):
         assert f.round(big, mode, saturate=False).item() == f.max
     if f.signed:
@@ -583,7 +595,8 @@ def test_float_invariants(name):
     ulp = 2.0 ** (f.emax - f.mantissa_bits)  # spacing just below max
     assert f.max == (2.0 ** (f.emax + 1) - ulp) - (ulp if f.specials is Specials.NAN_ONLY
                                                    and f.mantissa_bits else 0)
-    probe = [f.max, f.min_normal, f.min_subnormal, f.max - ulp, -f.max if f.signed else 1.0]
+    below_max = f.max - ulp if f.mantissa_bits else f.max / 2
+    probe = [f.max, f.min_normal, f.min_subnormal, below_max, -f.max if f.signed else 1.0]
     if f.bits <= 16:
         t = f.table()
         for v in probe:
@@ -638,7 +651,7 @@ def test_limits_are_the_table_extremes(name):
                                     ("fp16", 1e-7)])
 def test_stochastic_unbiased_and_neighbours_only(name, x):
     f = get(name)
-    n = 40_000
+    n = 20_000
     xs = torch.full((n,), x)
     x = xs[0].item()  # the float32 value actually rounded
     y = f.round(xs, "stochastic", generator=torch.Generator().manual_seed(0)).double()

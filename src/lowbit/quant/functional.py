@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import BinaryFormat, IntFormat, pack, round_to_integer
+from . import fast as _fast
 from . import mx
 from .granularity import PerGroup, blocked_view, scale_shape
 from .qtensor import QTensor
@@ -47,6 +48,8 @@ def expected_scale_shape(shape, scheme: Scheme) -> tuple[int, ...]:
 
 
 def _check_input(x, scheme: Scheme, name: str = "x") -> torch.Tensor:
+    """Type, dtype and emptiness checks; returns x as float32 (no copy if it already is).
+    Finiteness is checked where it is cheap: on the block statistics (see _check_finite)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
@@ -54,15 +57,19 @@ def _check_input(x, scheme: Scheme, name: str = "x") -> torch.Tensor:
                         f"{x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): nothing to quantize")
-    x = x.detach().float()
-    if not scheme.is_block_scaled or scheme.scale_format.name == "fp8_e4m3fn":
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            nan = int(torch.isnan(x).sum())
-            raise ValueError(f"{name} holds {nan} NaN and {int((~finite).sum()) - nan} Inf "
-                             f"values, which {scheme} cannot represent (MX schemes mark such "
-                             "blocks with a NaN scale); clean the input or clamp it first")
-    return x
+    return x.detach().float()
+
+
+def _check_finite(x: torch.Tensor, stats: torch.Tensor | None, scheme: Scheme) -> None:
+    """Raise if x holds NaN/Inf. ``stats`` (per-block max/min or amax of x) is non-finite
+    exactly when x is, so the full pass over x only runs when qparams were given."""
+    ok = bool(torch.isfinite(stats).all()) if stats is not None else bool(torch.isfinite(x).all())
+    if not ok:
+        nan = int(torch.isnan(x).sum())
+        inf = int(torch.isinf(x).sum())
+        raise ValueError(f"x holds {nan} NaN and {inf} Inf values, which {scheme} cannot "
+                         "represent (MX schemes mark such blocks with a NaN scale); clean the "
+                         "input or clamp it first")
 
 
 def _pad(x: torch.Tensor, scheme: Scheme) -> torch.Tensor:
@@ -105,10 +112,16 @@ def choose_qparams(x: torch.Tensor, scheme: "Scheme | str") -> QParams:
     xb = blocked_view(x, block)
     dims = tuple(range(1, xb.dim(), 2))
     if isinstance(scheme.format, BinaryFormat):  # a zero block decodes to +-tiny, not +-1
-        return QParams(xb.abs().mean(dims).float().clamp(min=_TINY))
+        mean = xb.abs().mean(dims)
+        _check_finite(x, mean, scheme)
+        return QParams(mean.float().clamp(min=_TINY))
     if scheme.symmetric:
-        return QParams(_safe_scale(xb.abs().amax(dims), scheme.format.max))
-    return qparams_from_range(xb.amin(dims), xb.amax(dims), scheme)
+        amax = xb.abs().amax(dims)
+        _check_finite(x, amax, scheme)
+        return QParams(_safe_scale(amax, scheme.format.max))
+    lo, hi = xb.amin(dims), xb.amax(dims)
+    _check_finite(x, torch.cat([lo.flatten(), hi.flatten()]), scheme)
+    return qparams_from_range(lo, hi, scheme)
 
 
 def _broadcast(t: torch.Tensor, block=None) -> torch.Tensor:
@@ -125,6 +138,9 @@ def quantize(x: torch.Tensor, scheme: "Scheme | str", qparams: QParams | None = 
     """
     scheme = Scheme.parse(scheme)
     x = _check_input(x, scheme)
+    fast = _fast.quantize(x, scheme, qparams)
+    if fast is not None:
+        return fast
     shape = x.shape
     x = _pad(x, scheme)
     block = scheme.granularity.block_shape(tuple(x.shape))
@@ -136,10 +152,15 @@ def quantize(x: torch.Tensor, scheme: "Scheme | str", qparams: QParams | None = 
                                  "cannot be given")
             codes, scale, micro = mx.mx_encode(x, scheme)
             return QTensor(_pack(codes, fmt), scale, scheme, shape, micro_exponent=micro)
+        _check_finite(x, None, scheme)
         ts = None if qparams is None else qparams.scale
         codes, scale, ts = mx.nvfp4_encode(x, scheme, ts)
         return QTensor(_pack(codes, fmt), scale, scheme, shape, tensor_scale=ts)
-    qp = choose_qparams(x, scheme) if qparams is None else qparams
+    if qparams is None:
+        qp = choose_qparams(x, scheme)
+    else:
+        _check_finite(x, None, scheme)
+        qp = qparams
     sshape = scale_shape(tuple(x.shape), block)
     if tuple(qp.scale.shape) != sshape and qp.scale.numel() == 1 and all(s == 1 for s in sshape):
         qp = QParams(qp.scale.reshape(sshape), None if qp.zero_point is None
@@ -169,6 +190,9 @@ def _pack(codes: torch.Tensor, fmt) -> torch.Tensor:
 
 def dequantize(q: QTensor) -> torch.Tensor:
     """QTensor -> float32 tensor of the logical shape."""
+    fast = _fast.dequantize(q)
+    if fast is not None:
+        return fast
     s, fmt = q.scheme, q.scheme.format
     codes = q.unpacked_codes()
     if s.scale_format.name == "e8m0":
