@@ -88,6 +88,15 @@ def test_activation_quantization_golden():
     assert q.tolist() == [[127, 2, 0, 4, -126], [0, 0, 0, 0, 0]]  # ties to even
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_docstring_example_every_path(path):
+    """x = [127, 2.5], w = [3, -1], s_w = 0.5: qx = [127, 2], acc = 379, y = 189.5."""
+    pw = nt.pack_a8w4(torch.tensor([[3, -1]]), torch.tensor([[0.5]]), group_size=2)
+    x = torch.tensor([[127.0, 2.5]])
+    assert nt.a8w4_accumulators(x, pw, isa=path).tolist() == [[[379]]]
+    assert nt.a8w4_linear(x, pw, torch.tensor([0.25]), isa=path).tolist() == [[189.75]]
+
+
 def test_layout_literal_bytes():
     """u[j, k] = k on one block of 16 rows: every dword is bytes 0x40 0x51 0x62 0x73."""
     codes = torch.arange(8).repeat(16, 1)
@@ -129,6 +138,23 @@ def test_threads_and_batch_dims_agree():
     assert torch.equal(nt.a8w4_linear(xt, pw, bias), one)
 
 
+def test_concurrent_callers_share_the_pool():
+    """Python threads calling at once (ctypes drops the GIL) each get their own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    probs = [_problem(33, 70, 1024, 64, sym=i % 2 == 0, seed=100 + i) for i in range(6)]
+    packed = [nt.pack_a8w4(c, s, z, group_size=64) for _, c, s, z, _ in probs]
+    want = [nt.reference_a8w4_linear(x, c, s, z, group_size=64, bias=b)
+            for x, c, s, z, b in probs]
+
+    def run(i):
+        return all(torch.equal(nt.a8w4_linear(probs[i][0], packed[i], probs[i][4]), want[i])
+                   for _ in range(5))
+
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(run, range(len(probs))))
+
+
 @settings(max_examples=25, deadline=None)
 @given(m=st.integers(1, 20), n=st.integers(1, 40), groups=st.integers(1, 4),
        g=st.sampled_from([32, 64, 128]), sym=st.booleans(), seed=st.integers(0, 2**16))
@@ -158,6 +184,10 @@ def test_bad_inputs_raise_clear_errors():
         nt.pack_a8w4(torch.full((4, 64), -1), s, torch.zeros(4, 2, dtype=torch.uint8), group_size=32)
     with pytest.raises(ValueError, match="zeros"):
         nt.pack_a8w4(torch.zeros(4, 64, dtype=torch.int8), s, torch.zeros(4, 3, dtype=torch.int32), group_size=32)
+    with pytest.raises(TypeError, match="zeros"):
+        nt.pack_a8w4(torch.zeros(4, 64, dtype=torch.uint8), s, torch.zeros(4, 2), group_size=32)
+    with pytest.raises(ValueError, match="overflow"):  # per channel, K = 2^20
+        nt.pack_a8w4(torch.zeros(1, 2**20, dtype=torch.int8), torch.ones(1, 1), group_size=2**20)
     pw = nt.pack_a8w4(torch.zeros(4, 64, dtype=torch.int8), s, group_size=32)
     with pytest.raises(TypeError, match="x"):
         nt.a8w4_linear(torch.zeros(2, 64, dtype=torch.float64), pw)
@@ -184,20 +214,20 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _child(env_extra: dict[str, str], tmp_path) -> str:
-    env = {**os.environ, "LOWBIT_CACHE_DIR": str(tmp_path / "cache"), **env_extra}
+def _child(env_extra: dict[str, str]) -> str:
+    env = {**os.environ, **env_extra}  # the compiled kernel, if any, is reused from the cache
     out = subprocess.run([sys.executable, "-c", _CHILD], check=False, env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
-def test_fallback_without_compiler(tmp_path):
-    """No C compiler: the package imports and the torch reference runs."""
-    assert _child({"CC": "/nonexistent/cc"}, tmp_path) == "reference False"
-    assert _child({"LOWBIT_NATIVE": "0"}, tmp_path) == "reference False"
+def test_fallback_without_compiler():
+    """No C compiler (or native disabled): the package imports and the torch reference runs."""
+    assert _child({"CC": "/nonexistent/cc"}) == "reference False"
+    assert _child({"LOWBIT_NATIVE": "0"}) == "reference False"
 
 
 @pytest.mark.skipif("scalar" not in PATHS, reason="no native build here")
-def test_isa_cap_env(tmp_path):
-    assert _child({"LOWBIT_NATIVE_ISA": "scalar"}, tmp_path) == "scalar True"
+def test_isa_cap_env():
+    assert _child({"LOWBIT_NATIVE_ISA": "scalar"}) == "scalar True"

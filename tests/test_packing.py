@@ -136,6 +136,6 @@ def test_packed_length(n, bits, want):
 @pytest.mark.parametrize("bits", BITS)
 def test_packed_length_counts_whole_groups(bits):
     per, nbytes = group(bits)
-    for n in range(0, 3 * per + 1):
+    for n in range(3 * per + 1):
         assert packed_length(n, bits) == -(-n // per) * nbytes
         assert packed_length(n, bits) * 8 >= n * bits  # never fewer bytes than bits

@@ -6,6 +6,9 @@
 """
 
 from . import formats, quant
+from . import calib, kernels, nn, ptq, recipes
+from .ptq import quantize_model
+from .recipes import Recipe
 from .quant import (PerBlock, PerChannel, PerGroup, PerTensor, PerToken, QParams, QTensor,
                     ScaleMode, Scheme, choose_qparams, dequantize, fake_quantize,
                     qparams_from_range, quantize)
@@ -14,5 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "PerBlock", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QParams", "QTensor",
     "ScaleMode", "Scheme", "__version__", "choose_qparams", "dequantize", "fake_quantize",
-    "formats", "qparams_from_range", "quant", "quantize",
+    "Recipe", "calib", "formats", "kernels", "nn", "ptq", "qparams_from_range", "quant",
+    "quantize", "quantize_model", "recipes",
 ]

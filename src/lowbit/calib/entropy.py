@@ -25,6 +25,20 @@ Vectorized: the KL of one candidate needs only per-level sums, so with prefix su
 Float formats (fp8, fp6, fp4) have no uniform levels: their levels are the format's own
 non-negative grid values scaled so that ``max`` sits at the candidate threshold, and bin
 ``j`` joins the grid value its centre rounds to (so fp8_e4m3fn has 127 levels: 0 and 126 positive values).
+
+onnxruntime's ``EntropyCalibrater`` (1.32, ``HistogramCollector.get_entropy_threshold``)
+follows MXNet's variant, not this one; on the same data the two differ because ORT:
+
+* histograms the signed values over ``[-max|x|, max|x|]`` (2048 bins: 1024 per sign) and
+  grows by whole bins on both sides, where this is 2048 bins of ``|x|`` over ``[0, max|x|]``;
+* takes ``num_quantized_bins = 128`` across *both* signs (64 levels per sign for int8),
+  slices a window of ``2*i + 1`` bins around the zero bin, folds both tails in;
+* merges bins into levels by integer division (the remainder joins the last level);
+* smooths P and Q (``eps = 1e-4``) instead of giving ``inf`` where Q is 0;
+* keeps bin 0 as it is (no ``h[0] = h[1]``), takes the *first* argmin, and clips the
+  threshold to the data's ``[min, max]`` (as ``Histogram`` does too).
+
+``benchmarks/calibration.py`` prints both thresholds side by side.
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ __all__ = ["entropy_threshold", "kl_divergences"]
 START_BIN = 128
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _float_midpoints(fmt: FloatFormat) -> torch.Tensor:
     """Midpoints between consecutive non-negative grid values, as fractions of max."""
     v = fmt.values().double()
@@ -48,25 +62,28 @@ def _float_midpoints(fmt: FloatFormat) -> torch.Tensor:
     return ((v[1:] + v[:-1]) / 2 / fmt.max)
 
 
-def _level_bounds(fmt: Format, i: torch.Tensor) -> torch.Tensor:
-    """``[K, L+1]`` first bin of each level (and ``i`` at the end) for candidates ``i``."""
-    i = i[:, None]
-    if isinstance(fmt, FloatFormat):
-        mid = _float_midpoints(fmt)[None, :]
-        inner = torch.ceil(mid * i.double() - 0.5).long().clamp(0, None)
-        inner = torch.minimum(inner, i)
-        zero = torch.zeros_like(i)
-        return torch.cat([zero, inner, i], 1)
-    levels = num_levels(fmt)
-    l = torch.arange(levels + 1)[None, :]
-    return (l * i + levels - 1) // levels  # ceil(l * i / L); the last column is i
-
-
 def num_levels(fmt: Format) -> int:
     """Quantization levels of one sign: 128 for int8, 256 for uint8, 8 for int4."""
     if isinstance(fmt, IntFormat) or not fmt.is_float:
         return int(fmt.max) + 1
     return int(_float_midpoints(fmt).numel()) + 1
+
+
+@functools.lru_cache(maxsize=16)
+def _levels(fmt: Format, n: int, start_bin: int):
+    """For candidates ``i = start..n``: ``[K, L+1]`` first bin of each level (``i`` last)
+    and ``[K]`` the level that holds bin ``i - 1``. Depends on the sizes only: cached."""
+    i = torch.arange(min(start_bin, n), n + 1)
+    col = i[:, None]
+    if isinstance(fmt, FloatFormat):
+        mid = _float_midpoints(fmt)[None, :]
+        inner = torch.minimum(torch.ceil(mid * col.double() - 0.5).long().clamp(0, None), col)
+        b = torch.cat([torch.zeros_like(col), inner, col], 1)
+    else:
+        L = num_levels(fmt)
+        b = (torch.arange(L + 1)[None, :] * col + L - 1) // L  # ceil(l * i / L)
+    last = (b[:, 1:-1] <= col - 1).sum(1)
+    return i, b, last
 
 
 def kl_divergences(hist: torch.Tensor, fmt: Format, start_bin: int = START_BIN):
@@ -81,26 +98,20 @@ def kl_divergences(hist: torch.Tensor, fmt: Format, start_bin: int = START_BIN):
     zero = torch.zeros(1, dtype=torch.float64)
     H = torch.cat([zero, h.cumsum(0)])  # H[k] = sum h[:k]
     N = torch.cat([zero, (h > 0).double().cumsum(0)])
-    hlogh = torch.where(h > 0, h * torch.log(torch.where(h > 0, h, 1.0)), 0.0)
-    E = torch.cat([zero, hlogh.cumsum(0)])
-    i = torch.arange(min(start_bin, n), n + 1)
-    b = _level_bounds(fmt, i)  # [K, L+1]
-    S = H[b[:, 1:]] - H[b[:, :-1]]
-    cnt = N[b[:, 1:]] - N[b[:, :-1]]
-    pos = S > 0
-    logq = torch.where(pos, torch.log(torch.where(pos, S, 1.0) / cnt.clamp(min=1)), 0.0)
-    plogq = (S * logq).sum(1)
-    # the level holding bin i-1 also carries the folded tail
-    last_level = (b[:, :-1] <= (i - 1)[:, None]).sum(1) - 1
-    tail = T - H[i]
-    plogq = plogq + tail * logq.gather(1, last_level[:, None])[:, 0]
-    p_last = h[i - 1] + tail
-    plogp = E[i - 1] + torch.where(p_last > 0, p_last * torch.log(p_last.clamp(min=1e-300)), 0.0)
+    E = torch.cat([zero, torch.xlogy(h, h).cumsum(0)])
+    i, b, last = _levels(fmt, n, start_bin)
+    Hb = H[b]
+    S = Hb[:, 1:] - Hb[:, :-1]  # [K, L] count of each level
+    Nb = N[b]
+    q = S / (Nb[:, 1:] - Nb[:, :-1]).clamp_(min=1)  # Q of each non-empty bin of the level
+    plogq = torch.xlogy(S, q).sum(1)
+    tail = T - H[i]  # folded into bin i - 1, which sits in level ``last``
+    plogq += torch.xlogy(tail, q.gather(1, last[:, None])[:, 0])
+    plogp = E[i - 1] + torch.xlogy(h[i - 1] + tail, h[i - 1] + tail)
     C = H[i]
     kl = (plogp - plogq) / T - torch.log(T) + torch.log(C)
     undefined = ((h[i - 1] == 0) & (tail > 0)) | (C <= 0)
-    kl = torch.where(undefined, torch.inf, kl)
-    return i, kl
+    return i, kl.masked_fill_(undefined, torch.inf)
 
 
 def entropy_threshold(hist: torch.Tensor, fmt: Format, start_bin: int = START_BIN,
@@ -109,8 +120,9 @@ def entropy_threshold(hist: torch.Tensor, fmt: Format, start_bin: int = START_BI
 
     Ties (KL within ``rtol`` of the least, to absorb rounding) go to the last candidate.
 
-    >>> h = torch.histc(torch.randn(10**6).abs(), 2048, 0, 5.0)
-    >>> entropy_threshold(h, lb.formats.get("int8"))  # ~1700 bins: threshold ~4.2
+    >>> torch.manual_seed(0); h = torch.histc(torch.randn(10**6).abs(), 2048, 0, 5.0)
+    >>> entropy_threshold(h, lb.formats.get("int8"))  # bin width 5/2048: threshold 4.90
+    2008
     """
     i, kl = kl_divergences(hist, fmt, start_bin)
     finite = torch.isfinite(kl)

@@ -46,7 +46,8 @@ class Histogram(Observer):
 
     ``range()`` returns ``(lo, hi)``:
 
-    * entropy: ``t`` = the KL threshold on ``|x|``; ``(max(min, -t), min(max, t))``.
+    * entropy: ``t`` = the KL threshold on ``|x|``; ``(max(-t, min), min(t, max))``, where
+      ``min``/``max`` are the data's extremes widened to hold 0.
     * mse: symmetric schemes ``(-t, t)`` clipped like entropy; asymmetric ``(lo, hi)``.
     * percentile: ``range()`` gives the two-sided quantiles ``(q_(100-q), q_q)`` of x;
       ``qparams`` of a symmetric scheme uses the ``q``-th percentile of ``|x|`` instead.
@@ -57,7 +58,7 @@ class Histogram(Observer):
     """
 
     def __init__(self, bins: int = 2048, method: str = "entropy",
-                 scheme: "Scheme | str" = "int8", q: float = 99.99, axis: int | None = None):
+                 scheme: Scheme | str = "int8", q: float = 99.99, axis: int | None = None):
         super().__init__(axis)
         if not isinstance(bins, int) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2; got {bins!r}")
@@ -90,15 +91,22 @@ class Histogram(Observer):
             fresh = (self.width == 0) & (amax > 0)  # only zeros so far: all in bin 0
             self.width = torch.where(fresh, amax / self.bins, self.width)
             self._grow(amax)
+        # one bincount for all channels: bin k of row c spans [(k - n) w, (k - n + 1) w)
         n = self.pos.shape[1]
-        for c in range(C):
-            w = float(self.width[c])
-            if w == 0.0:
-                self.pos[c, 0] += x2d.shape[1]
-                continue
-            h = torch.histc(x2d[c], 2 * n, -n * w, n * w).double()
-            self.neg[c] += h[:n].flip(0)
-            self.pos[c] += h[n:]
+        w = torch.where(self.width > 0, self.width, 1.0).float()[:, None]
+        y = x2d / w
+        k = y.add_(n).clamp_(0, 2 * n - 0.5).long()  # >= 0, so truncation is floor
+        if C > 1:
+            k += torch.arange(C)[:, None] * (2 * n)
+        h = torch.bincount(k.reshape(-1), minlength=C * 2 * n).reshape(C, 2 * n).double()
+        neg, pos = h[:, :n].flip(1), h[:, n:]
+        if C > 1:  # a value a rounding step past a channel's last bin belongs to that bin
+            for half in (neg, pos):
+                beyond = torch.arange(n)[None, :] >= self.nbins[:, None]
+                extra = (half * beyond).sum(1, keepdim=True)
+                half.masked_fill_(beyond, 0).scatter_add_(1, self.nbins[:, None] - 1, extra)
+        self.neg += neg
+        self.pos += pos
 
     def _grow(self, amax: torch.Tensor) -> None:
         w = self.width
@@ -152,25 +160,31 @@ class Histogram(Observer):
         if method == "percentile":
             if scheme is None or not scheme.symmetric:
                 return self._signed_percentile(100.0 - self.q), self._signed_percentile(self.q)
-            t = self._abs_percentile(self.q)
-            return torch.maximum(-t, self.lo), torch.minimum(t, self.hi)
+            return self._clip(self._abs_percentile(self.q))
         scheme = self.scheme if scheme is None else scheme
-        lo, hi = [], []
+        lo, hi = [], []  # thresholds below and above 0, as positive numbers
+        hists = self.abs_histogram() if method == "entropy" else None
         for c in range(len(self.width)):
             if float(self.width[c]) == 0.0:
                 lo.append(0.0), hi.append(0.0)
                 continue
             if method == "entropy":
-                i = entropy_threshold(self.abs_histogram()[c], scheme.format)
+                i = entropy_threshold(hists[c], scheme.format)
                 t = i * float(self.width[c])
-                lo.append(-t), hi.append(t)
+                lo.append(t), hi.append(t)
             else:
                 a, b = mse_range_from_histogram(*self.signed_histogram(c), scheme,
                                                 float(self.width[c]))
-                lo.append(a), hi.append(b)
-        lo = torch.maximum(torch.tensor(lo, dtype=torch.float64), self.lo)
-        hi = torch.minimum(torch.tensor(hi, dtype=torch.float64), self.hi)
-        return lo, hi
+                lo.append(-a), hi.append(b)
+        return self._clip(torch.tensor(hi, dtype=torch.float64),
+                          torch.tensor(lo, dtype=torch.float64))
+
+    def _clip(self, t_hi, t_lo=None):
+        """``(max(-t_lo, min(lo, 0)), min(t_hi, max(hi, 0)))``: a threshold never reaches
+        past the data, and the range always holds 0 (as ``qparams_from_range`` makes it)."""
+        t_lo = t_hi if t_lo is None else t_lo
+        return (torch.maximum(-t_lo, self.lo.clamp(max=0)),
+                torch.minimum(t_hi, self.hi.clamp(min=0)))
 
     def _abs_percentile(self, q: float) -> torch.Tensor:
         counts = torch.nn.functional.pad(self.pos + self.neg, (1, 0))  # a leading empty bin

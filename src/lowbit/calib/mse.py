@@ -19,7 +19,7 @@ import torch
 
 from ..formats import round_to_integer
 from ..quant import QParams, Scheme, qparams_from_range
-from ..quant.granularity import PerGroup, blocked_view, scale_shape
+from ..quant.granularity import PerGroup, blocked_view
 
 __all__ = ["fake_quant_grid", "mse_range_from_histogram", "mse_search"]
 
@@ -46,12 +46,12 @@ def fake_quant_grid(v: torch.Tensor, qp: QParams, scheme: Scheme) -> torch.Tenso
 def _errors(centers, counts, lo, hi, scheme) -> torch.Tensor:
     """Expected squared error of each candidate range ``(lo[k], hi[k])``."""
     out = []
+    v = centers.float()  # float32, as lowbit quantizes
     step = max(1, _CHUNK // max(1, centers.numel()))
     for a in range(0, lo.numel(), step):
-        l, h = lo[a:a + step, None], hi[a:a + step, None]
-        qp = qparams_from_range(l, h, scheme)
-        e = (centers - fake_quant_grid(centers, qp, scheme).double()) ** 2
-        out.append((e * counts).sum(1))
+        qp = qparams_from_range(lo[a:a + step, None], hi[a:a + step, None], scheme)
+        e = (fake_quant_grid(v, qp, scheme) - v).square_()
+        out.append(e.matmul(counts.float()).double())
     return torch.cat(out)
 
 
@@ -97,7 +97,7 @@ def _bcast(t: torch.Tensor) -> torch.Tensor:
     return t.reshape([d for n in t.shape for d in (n, 1)])
 
 
-def mse_search(w: torch.Tensor, scheme: "Scheme | str", grid: int = 100) -> QParams:
+def mse_search(w: torch.Tensor, scheme: Scheme | str, grid: int = 100) -> QParams:
     """QParams for ``w`` that minimize each block's squared quantization error.
 
     Each block (per tensor, channel, token or group, as ``scheme`` says) tries shrink factors
@@ -146,20 +146,17 @@ def mse_search(w: torch.Tensor, scheme: "Scheme | str", grid: int = 100) -> QPar
     def err(lo, hi):
         qp = qparams_from_range(lo, hi, scheme)
         bq = QParams(_bcast(qp.scale), None if qp.zero_point is None else _bcast(qp.zero_point))
-        return ((xb - fake_quant_grid(xb, bq, scheme)) ** 2).sum(dims), qp
+        return ((xb - fake_quant_grid(xb, bq, scheme)) ** 2).sum(dims)
 
-    best_err, best_qp = err(lo0, hi0)
+    best_err = err(lo0, hi0)
     best_lo, best_hi = lo0.clone(), hi0.clone()
-    passes = [("both",)] if scheme.symmetric else [("both",), ("lo",), ("hi",)]
-    for (which,) in passes:
+    for which in ("both",) if scheme.symmetric else ("both", "lo", "hi"):
         base_lo, base_hi = best_lo.clone(), best_hi.clone()
         for a in factors[1:]:
             lo = base_lo * a if which in ("both", "lo") else base_lo
             hi = base_hi * a if which in ("both", "hi") else base_hi
-            e, qp = err(lo, hi)
+            e = err(lo, hi)
             better = e < best_err
             best_err = torch.where(better, e, best_err)
             best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
-    qp = qparams_from_range(best_lo, best_hi, scheme)
-    assert tuple(qp.scale.shape) == scale_shape(tuple(x.shape), block)
-    return qp
+    return qparams_from_range(best_lo, best_hi, scheme)

@@ -26,7 +26,7 @@ import torch
 
 from ..quant import PerChannel, PerTensor, QParams, Scheme, expected_scale_shape, qparams_from_range
 
-__all__ = ["Observer", "MinMax", "MovingAverage"]
+__all__ = ["MinMax", "MovingAverage", "Observer"]
 
 
 class Observer:
@@ -50,7 +50,7 @@ class Observer:
 
     # -- input ----------------------------------------------------------------------------
 
-    def update(self, x: torch.Tensor) -> "Observer":
+    def update(self, x: torch.Tensor) -> Observer:
         """Observe one batch; returns ``self`` so calls chain."""
         x2d = self._as_rows(x)
         if x2d is None:
@@ -112,7 +112,7 @@ class Observer:
         lo, hi = lo.float(), hi.float()
         return (lo[0], hi[0]) if self.axis is None else (lo, hi)
 
-    def qparams(self, scheme: "Scheme | str") -> QParams:
+    def qparams(self, scheme: Scheme | str) -> QParams:
         """``lb.QParams`` for ``scheme`` on the observed tensor's shape (the last batch's).
 
         The scheme's granularity must match the observer: ``PerTensor`` for ``axis=None``,

@@ -32,7 +32,7 @@ import torch
 from ..formats import IntFormat
 from ..quant import Scheme
 
-__all__ = ["tensor_stats", "choose_symmetry"]
+__all__ = ["choose_symmetry", "tensor_stats"]
 
 ONE_SIDED = 0.99
 IMBALANCE = 0.5
@@ -60,7 +60,7 @@ def imbalance(stats: dict[str, float]) -> float:
     return min(-lo, hi) / big if big > 0 else 1.0
 
 
-def choose_symmetry(x: "torch.Tensor | dict", scheme: "Scheme | str") -> Scheme:
+def choose_symmetry(x: torch.Tensor | dict, scheme: Scheme | str) -> Scheme:
     """``scheme`` made symmetric or asymmetric by the rule in this module's docstring.
 
     Args:

@@ -14,6 +14,6 @@ from .rounding import Rounding, round_to_integer
 from .spec import BinaryFormat, FloatFormat, Format, IntFormat, Specials
 
 __all__ = [
-    "BinaryFormat", "FORMATS", "FloatFormat", "Format", "IntFormat", "Rounding", "Specials",
+    "FORMATS", "BinaryFormat", "FloatFormat", "Format", "IntFormat", "Rounding", "Specials",
     "get", "names", "pack", "packed_length", "round_to_integer", "unpack",
 ]

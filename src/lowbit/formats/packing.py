@@ -22,7 +22,7 @@ import math
 
 import torch
 
-__all__ = ["pack", "unpack", "packed_length"]
+__all__ = ["pack", "packed_length", "unpack"]
 
 _SUPPORTED = (1, 2, 3, 4, 5, 6, 7, 8)
 
@@ -76,7 +76,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if pad:
         c = torch.nn.functional.pad(c, (0, pad))
     c = c.reshape(*lead, (n + pad) // per, per)  # explicit sizes: -1 fails on empty tensors
-    shifts = torch.arange(per, dtype=torch.int64) * bits
+    shifts = torch.arange(per, dtype=torch.int64, device=c.device) * bits
     word = (c << shifts).sum(-1, dtype=torch.int64)  # fields are disjoint: sum == or
     out = torch.stack([(word >> (8 * i)) & 0xFF for i in range(nbytes)], dim=-1)
     return out.to(torch.uint8).reshape(*lead, packed_length(n, bits))
@@ -97,7 +97,8 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     per, nbytes = _group(bits)
     lead, groups = tuple(packed.shape[:-1]), packed.shape[-1] // nbytes
     p = packed.to(torch.int64).reshape(*lead, groups, nbytes)
-    p = (p << (torch.arange(nbytes, dtype=torch.int64) * 8)).sum(-1, dtype=torch.int64)
-    shifts = torch.arange(per, dtype=torch.int64) * bits
+    p = (p << (torch.arange(nbytes, dtype=torch.int64, device=p.device) * 8)).sum(
+        -1, dtype=torch.int64)
+    shifts = torch.arange(per, dtype=torch.int64, device=p.device) * bits
     out = (p.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
     return out.reshape(*lead, groups * per)[..., :n].to(torch.uint8)

@@ -8,7 +8,7 @@ import torch
 
 from .spec import BinaryFormat, FloatFormat, Format, IntFormat, Specials
 
-__all__ = ["get", "names", "FORMATS"]
+__all__ = ["FORMATS", "get", "names"]
 
 _F = FloatFormat
 FORMATS: dict[str, Format] = {
@@ -43,7 +43,7 @@ def names() -> list[str]:
     return list(FORMATS)
 
 
-def get(name: "str | Format") -> Format:
+def get(name: str | Format) -> Format:
     """The format called ``name`` (a format object is returned as it is).
 
     >>> get("fp8_e4m3fn").max

@@ -30,7 +30,7 @@ class Rounding(enum.Enum):
     STOCHASTIC = "stochastic"
 
     @classmethod
-    def parse(cls, value: "Rounding | str") -> "Rounding":
+    def parse(cls, value: Rounding | str) -> Rounding:
         """Accept a Rounding or its name ("nearest-even", "nearest_even", "rne", ...)."""
         if isinstance(value, cls):
             return value

@@ -27,7 +27,7 @@ import torch
 
 from .rounding import Rounding, round_to_integer
 
-__all__ = ["Specials", "IntFormat", "FloatFormat", "BinaryFormat", "Format"]
+__all__ = ["BinaryFormat", "FloatFormat", "Format", "IntFormat", "Specials"]
 
 
 def _code_dtype(bits: int) -> torch.dtype:
@@ -69,9 +69,9 @@ class _TableDecode:
         c = _check_codes(codes, self.bits, self.name)
         if self.bits > _MAX_TABLE_BITS:
             return self._values(c).float()
-        return self._table()[c]
+        return self._table().to(c.device)[c]
 
-    @functools.cache
+    @functools.cache  # noqa: B019 (formats are a few immortal, hashable singletons)
     def _table(self) -> torch.Tensor:
         self._check_table_size()
         return self._values(torch.arange(1 << self.bits, dtype=torch.int64)).float()
@@ -281,9 +281,9 @@ class FloatFormat(_TableDecode):
         """
         x = _as_float(x, self.name)
         mode = Rounding.parse(rounding)
-        nan = torch.isnan(x)
-        if not self.has_nan and nan.any():
-            raise ValueError(f"{self.name} has no NaN: x holds {int(nan.sum())} NaN values")
+        if not self.has_nan and torch.isnan(x).any():
+            raise ValueError(f"{self.name} has no NaN: x holds {int(torch.isnan(x).sum())} "
+                             "NaN values")
         if not self.signed and (x < 0).any():
             raise ValueError(f"{self.name} is unsigned: x must be >= 0")
         if self.bits == 32:  # float32 to float32 is exact in every mode; only Inf can change
@@ -303,7 +303,7 @@ class FloatFormat(_TableDecode):
         y = round_to_integer(xd / step, mode, generator) * step
         if not self.subnormals:
             y = torch.where(y == 0, torch.full_like(y, self.min_normal), y)
-        over = torch.isinf(xd) | (y.abs() > self.max)
+        over = y.abs() > self.max  # Inf included
         if over.any():
             clamped = torch.copysign(torch.full_like(y, self.max), xd)
             if saturate:
@@ -321,41 +321,51 @@ class FloatFormat(_TableDecode):
                 fill = torch.where(to_max, clamped,
                                    torch.copysign(torch.full_like(y, special), xd))
             y = torch.where(over, fill, y)
-        return torch.where(torch.isnan(xd), xd, y)
+        return y  # NaN went through every step above as NaN
 
     # -- bit patterns -----------------------------------------------------------------------
 
     def encode(self, x, rounding: Rounding | str = Rounding.NEAREST_EVEN, saturate: bool = True,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Round, then return the bit patterns. NaN encodes as sign | all-ones exponent |
-        quiet bit (IEEE) or the all-ones code (e4m3fn, e8m0)."""
+        quiet bit (IEEE: 0x7E for e5m2) or the all-ones code (e4m3fn: 0x7F, e8m0: 0xFF)."""
         y = self.round(x, rounding, saturate, generator)
-        if self.bits == 32:
-            return y.view(torch.int32).long() & 0xFFFFFFFF
-        return self._bits_of(y.double())
+        if self.torch_dtype is None or self.bits > 16:
+            return self._bits_of(y)
+        # y is exact in torch_dtype, so the cast only re-stores it (one pass, not twenty).
+        codes = y.to(self.torch_dtype).view(torch.uint8 if self.bits == 8 else torch.int16)
+        codes = codes if self.bits == 8 else codes.to(torch.int32) & 0xFFFF
+        nan = torch.isnan(y)
+        if nan.any():  # torch's NaN bit pattern varies by dtype: use this format's own
+            codes[nan] = self._bits_of(y[nan])
+        return codes
 
     def _bits_of(self, y: torch.Tensor) -> torch.Tensor:
-        m, eb = self.mantissa_bits, self.exponent_bits
-        a = y.abs()
-        _, e = torch.frexp(a)
-        e = e - 1
-        normal = (a >= self.min_normal) if self.subnormals else torch.ones_like(a, dtype=torch.bool)
-        ef = torch.where(normal, e + self.bias, torch.zeros_like(e)).long()
-        frac = torch.where(normal, a / torch.exp2(e.double()) - 1, a / self.min_normal)
-        mf = torch.round(frac * (1 << m)).long()
+        """Codes of float32 values that this format holds exactly (or NaN/Inf it has).
+
+        Read off y's own float32 bit fields: re-bias the exponent and keep the top
+        ``mantissa_bits`` of the mantissa; below min_normal the code is y / min_subnormal.
+        """
+        m, eb, bits = self.mantissa_bits, self.exponent_bits, self.bits
+        u = y.view(torch.int32)
+        mag = u & 0x7FFFFFFF
+        code = (((mag >> 23) - 127 + self.bias) << m) | ((mag & 0x7FFFFF) >> (23 - m))
+        if self.subnormals:
+            a = y.abs()
+            scale = 2.0 ** (m - self.emin)  # 1 / min_subnormal: 2**133 for bf16, so float64
+            sub = (a.double() * scale if scale > 2.0**127 else a * scale).to(torch.int32)
+            code = torch.where(a < self.min_normal, sub, code)
         top = (1 << eb) - 1
-        finite = torch.isfinite(a)
-        ef = torch.where(finite, ef, torch.full_like(ef, top))
-        if self.specials is Specials.IEEE:
-            nan_m = 1 << (m - 1)
-        else:
-            nan_m = (1 << m) - 1
-        mf = torch.where(torch.isnan(a), torch.full_like(mf, nan_m),
-                         torch.where(torch.isinf(a), torch.zeros_like(mf), mf))
-        code = (ef << m) | mf
+        if self.has_inf:
+            code = torch.where(torch.isinf(y), top << m, code)
+        if self.has_nan:
+            nan_code = (top << m) | ((1 << (m - 1)) if self.has_inf else (1 << m) - 1)
+            code = torch.where(torch.isnan(y), nan_code, code)
         if self.signed:
-            code = code | (torch.signbit(y).long() << (eb + m))
-        return code.to(_code_dtype(self.bits))
+            code = code | ((u >> 31) & 1) << (bits - 1)
+        if bits == 32:
+            return code.long() & 0xFFFFFFFF
+        return code.to(_code_dtype(bits))
 
 
 @dataclass(frozen=True)
@@ -384,7 +394,7 @@ class BinaryFormat(_TableDecode):
             raise ValueError("binary cannot represent NaN")
         mode = Rounding.parse(rounding)
         if mode is Rounding.STOCHASTIC:
-            u = torch.rand(x.shape, generator=generator)
+            u = torch.rand(x.shape, generator=generator, device=x.device)
             return torch.where(u < (x.clamp(-1, 1) + 1) / 2, 1.0, -1.0)
         if mode is not Rounding.NEAREST_EVEN:
             raise ValueError("binary supports rounding nearest_even (sign) or stochastic; "

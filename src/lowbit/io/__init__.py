@@ -9,8 +9,14 @@ Quantized modules take part through a small protocol (``lowbit_kind``, ``lowbit_
 """
 
 from .qmodules import is_qmodule, qmodule_classes
-from .quantized import (FORMAT_VERSION, MANIFEST, TENSORS, load_quantized, read_manifest,
-                        save_quantized)
+from .quantized import (
+                        FORMAT_VERSION,
+                        MANIFEST,
+                        TENSORS,
+                        load_quantized,
+                        read_manifest,
+                        save_quantized,
+)
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "TENSORS", "is_qmodule", "load_quantized",
            "qmodule_classes", "read_manifest", "save_quantized"]

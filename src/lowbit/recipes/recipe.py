@@ -66,7 +66,7 @@ def _to_toml(data: dict) -> str:
 
 def _tomllib():
     try:
-        import tomllib          # Python >= 3.11
+        import tomllib  # Python >= 3.11
     except ImportError:
         try:
             import tomli as tomllib
@@ -101,7 +101,7 @@ class Recipe:
 
     def __post_init__(self):
         if isinstance(self.rules, (Rule, dict, str)):
-            raise ValueError("rules must be a list of rules, e.g. [Rule(...), ...]")
+            raise TypeError("rules must be a list of rules, e.g. [Rule(...), ...]")
         rules = tuple(r if isinstance(r, Rule) else Rule.from_dict(r, f"rule {i + 1}")
                       for i, r in enumerate(self.rules))
         if not rules:
@@ -116,7 +116,7 @@ class Recipe:
         return list(PRESETS)
 
     @classmethod
-    def preset(cls, name: str) -> "Recipe":
+    def preset(cls, name: str) -> Recipe:
         """A named recipe: ``fp16``, ``bf16``, ``int8``, ``a8w8``, ``a8w4``, ``w4a16``,
         ``w8a16``, ``fp8``, ``mxfp8``, ``mxfp4``, ``mx6``, ``nvfp4``, ``bert-a8w4``."""
         if name not in PRESETS:
@@ -127,7 +127,7 @@ class Recipe:
         return cls.from_dict({"name": name, **PRESETS[name]}, where=f"preset {name!r}")
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "recipe") -> "Recipe":
+    def from_dict(cls, data: dict, where: str = "recipe") -> Recipe:
         """Build from ``{"name", "description", "rules": [table, ...]}``."""
         if not isinstance(data, dict):
             raise ValueError(f"{where}: a recipe is a table with a 'rules' list; got "
@@ -144,7 +144,7 @@ class Recipe:
                    str(data.get("description", "")))
 
     @classmethod
-    def load(cls, path: "str | os.PathLike") -> "Recipe":
+    def load(cls, path: str | os.PathLike) -> Recipe:
         """Read a ``.toml``, ``.json`` or ``.yaml``/``.yml`` recipe file."""
         path = Path(path)
         suffix = path.suffix.lower()
@@ -152,22 +152,22 @@ class Recipe:
             raise ValueError(f"recipe file {str(path)!r}: the suffix must be one of "
                              f"{', '.join(_SUFFIXES)}")
         text = path.read_text(encoding="utf-8")
+        if suffix == ".toml":
+            parse, errors = _tomllib().loads, (ValueError,)      # TOMLDecodeError
+        elif suffix == ".json":
+            parse, errors = json.loads, (ValueError,)            # JSONDecodeError
+        else:
+            yaml = _yaml()
+            parse, errors = yaml.safe_load, (yaml.YAMLError,)
         try:
-            if suffix == ".toml":
-                data = _tomllib().loads(text)
-            elif suffix == ".json":
-                data = json.loads(text)
-            else:
-                data = _yaml().safe_load(text)
-        except ImportError:
-            raise
-        except Exception as e:
+            data = parse(text)
+        except errors as e:
             raise ValueError(f"recipe file {str(path)!r} is not valid {suffix[1:]}: {e}") \
                 from None
         return cls.from_dict(data, where=f"recipe file {str(path)!r}")
 
     @classmethod
-    def resolve(cls, name_or_path: "str | os.PathLike | Recipe") -> "Recipe":
+    def resolve(cls, name_or_path: str | os.PathLike | Recipe) -> Recipe:
         """A preset name, a recipe file path, or a Recipe as is (for the CLI's --recipe)."""
         if isinstance(name_or_path, Recipe):
             return name_or_path
@@ -188,7 +188,7 @@ class Recipe:
         out["rules"] = [r.to_dict() for r in self.rules]
         return out
 
-    def save(self, path: "str | os.PathLike") -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write as TOML, JSON or YAML (by suffix), atomically (temp file + rename)."""
         path = Path(path)
         suffix = path.suffix.lower()

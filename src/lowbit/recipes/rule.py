@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 
 from ..quant import Scheme
 
-__all__ = ["Rule", "ACT_MODES", "KEEP_DTYPES", "OBSERVERS", "WEIGHT_CLIPS"]
+__all__ = ["ACT_MODES", "KEEP_DTYPES", "OBSERVERS", "WEIGHT_CLIPS", "Rule"]
 
 ACT_MODES = ("dynamic", "static")
 KEEP_DTYPES = ("fp32", "fp16", "bf16")
@@ -150,7 +150,7 @@ class Rule:
     # -- the edge: plain dicts of strings -----------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "rule") -> "Rule":
+    def from_dict(cls, data: dict, where: str = "rule") -> Rule:
         """Build from a recipe-file table; unknown keys and bad values name ``where``."""
         if not isinstance(data, dict):
             raise ValueError(f"{where}: a rule is a table of keys; got {data!r}")

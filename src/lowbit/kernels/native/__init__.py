@@ -5,7 +5,7 @@ asymmetric with an integer zero point per group; groups of g in {32, 64, 128, ..
 per channel), with the activation quantization fused in. The contract, which the native
 kernel and :func:`reference_a8w4_linear` both follow bit for bit:
 
-    s_x[m]  = amax|x[m, :]| / 127            (1 if that is 0)
+    s_x[m]  = amax|x[m, :]| / 127            (1 if that is 0: all-zero row, or underflow)
     qx      = clamp(round_half_even(x / s_x), -127, 127)          (x divided, not x * 1/s)
     acc_g   = sum_{k in g} qx[m, k] * (w[n, k] - z[n, g])         int32, exact
     t       = 0; for g = 0..G-1 in order: t = t + float(acc_g) * s_w[n, g]   (fp32, no FMA)
@@ -15,8 +15,13 @@ Paths, chosen at run time from the CPU (``isa()`` says which; logged on
 ``logging.getLogger("lowbit.kernels")``): ``avx512_vnni`` (vpdpbusd), ``avx2``
 (vpmaddubsw + vpmaddwd), ``scalar`` (portable C), and ``reference`` (pure torch) when no
 C compiler is usable or ``LOWBIT_NATIVE=0``. ``LOWBIT_NATIVE_ISA`` caps the native path
-(e.g. ``avx2``); ``LOWBIT_NUM_THREADS`` sets the thread count (default: all usable cores).
-Non-finite inputs give unspecified results.
+(e.g. ``avx2``); ``LOWBIT_NUM_THREADS`` sets the thread count (default: all usable cores;
+work is split over output-column panels x row chunks); ``LOWBIT_SPIN_US`` how long idle
+workers spin before sleeping (50 us). Non-finite inputs give unspecified results; the
+output carries no autograd history.
+
+Example (one row, one output, g = K = 2): x = [127, 2.5] -> s_x = 1, qx = [127, 2] (2.5
+ties to even); w = [3, -1] with s_w = 0.5 -> acc = 381 - 2 = 379, t = 189.5, y = 189.5.
 
 Usage::
 
@@ -131,38 +136,42 @@ def _resolve(name: str | None) -> int:
 
 
 def _check_inputs(x: Tensor, pw: PackedA8W4, bias: Tensor | None) -> Tensor:
-    if not isinstance(pw, PackedA8W4):
+    """Validate, and return x as a contiguous [M, K] view (or copy). Kept cheap: it runs on
+    every call, and at M = 1 a call is ~100 us."""
+    if type(pw) is not PackedA8W4:
         raise TypeError(f"weight: expected PackedA8W4 from pack_a8w4, got {type(pw).__name__}")
-    if not isinstance(x, Tensor) or x.dtype != torch.float32:
+    if not isinstance(x, Tensor) or x.dtype is not torch.float32:
         raise TypeError(f"x: expected a torch.float32 tensor, got {getattr(x, 'dtype', type(x))}")
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         raise ValueError(f"x: expected a CPU tensor, got device {x.device}")
     k = pw.in_features
     if x.dim() < 1 or x.shape[-1] != k:
         raise ValueError(f"x: last dimension must be in_features K={k}, got {list(x.shape)}")
     if bias is not None:
-        if not isinstance(bias, Tensor) or bias.dtype != torch.float32:
+        if not isinstance(bias, Tensor) or bias.dtype is not torch.float32:
             raise TypeError(f"bias: expected torch.float32, got {getattr(bias, 'dtype', type(bias))}")
-        if tuple(bias.shape) != (pw.out_features,):
+        if bias.dim() != 1 or bias.shape[0] != pw.out_features:
             raise ValueError(f"bias: expected shape [{pw.out_features}], got {list(bias.shape)}")
-        if bias.device.type != "cpu":
+        if not bias.is_cpu:
             raise ValueError(f"bias: expected a CPU tensor, got device {bias.device}")
+    if x.dim() == 2 and x.is_contiguous():
+        return x
     return x.reshape(-1, k).contiguous()
 
 
 def _native(x2: Tensor, pw: PackedA8W4, bias: Tensor | None, level: int,
             acc: Tensor | None) -> Tensor:
-    lib = _build.library()
     m, n = x2.shape[0], pw.out_features
     y = torch.empty(m, n, dtype=torch.float32)
     if m == 0:
         return y
-    b = bias.contiguous() if bias is not None else None
-    rc = lib.lowbit_a8w4_linear(
-        x2.data_ptr(), m, pw.in_features, pw.padded_in_features, pw.data.data_ptr(),
-        pw.scales.data_ptr(), pw.zeros.data_ptr(), n, pw.num_groups, pw.octets_per_group,
-        b.data_ptr() if b is not None else None, y.data_ptr(),
-        acc.data_ptr() if acc is not None else None, level, get_num_threads())
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
+    k, kp, w, sw, zw, groups, opg, zconst = pw.kernel_args
+    rc = _build.library().lowbit_a8w4_linear(
+        x2.data_ptr(), m, k, kp, w, sw, zw, n, groups, opg, zconst,
+        None if bias is None else bias.data_ptr(), y.data_ptr(),
+        None if acc is None else acc.data_ptr(), level, _config.get("threads") or get_num_threads())
     if rc == -1:
         raise MemoryError("a8w4_linear: native kernel could not allocate its work buffers")
     if rc != 0:
@@ -184,14 +193,16 @@ def a8w4_linear(x: Tensor, weight: PackedA8W4, bias: Tensor | None = None, *,
         fp32 [..., N], bit-identical across paths and to :func:`reference_a8w4_linear`.
     """
     x2 = _check_inputs(x, weight, bias)
-    level = _resolve(isa)
+    level = _resolve(isa) if isa is not None else _config.get("level", None)
+    if level is None:
+        level = _cpu_level()
     if level < 0:
         packed, scales, zeros = unpack_a8w4(weight)
         y = reference_a8w4_linear(x2, packed, scales, zeros, group_size=weight.group_size,
                                   bias=bias)
     else:
         y = _native(x2, weight, bias, level, None)
-    return y.reshape(*x.shape[:-1], weight.out_features)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.out_features)
 
 
 def a8w4_accumulators(x: Tensor, weight: PackedA8W4, *, isa: str | None = None) -> Tensor:

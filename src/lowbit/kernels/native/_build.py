@@ -4,11 +4,13 @@ The build is plain C over raw buffers (no torch headers, no Python extension API
 it needs only a C compiler at run time and nothing at install time.
 
 * Compiler: ``$CC`` (may carry flags, e.g. ``CC="gcc-12 -g"``) or ``cc``.
-* Cache: ``$LOWBIT_CACHE_DIR`` or ``~/.cache/lowbit/native``, one sub-folder per
-  sha256 of (sources, flags, compiler argv and ``--version``, machine). The shared
+* Cache: ``$LOWBIT_CACHE_DIR`` or ``~/.cache/lowbit/native`` (if not writable:
+  ``$TMPDIR/lowbit-native-<uid>``), one sub-folder per sha256 of (sources, flags,
+  compiler argv and ``--version``, machine). The shared
   object is compiled to a temporary name in that folder and ``os.replace``-d into
   place, so concurrent first uses (pytest-xdist workers) never load half a file.
 * ``LOWBIT_NATIVE=0`` disables the native path entirely (the pure-torch reference runs).
+* ``LOWBIT_SPIN_US``: microseconds an idle worker thread spins before it sleeps (50).
 * Any failure (no compiler, compile error, load error) logs one warning on
   ``logging.getLogger("lowbit.kernels")`` and returns ``None``: callers fall back.
 """
@@ -74,15 +76,22 @@ def _build() -> Path | None:
         h.update(part.encode() + b"\0")
     for src in sources:
         h.update(src.read_bytes())
-    out = cache_dir() / h.hexdigest()[:20] / _LIB_NAME
-    if out.exists():
-        return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".build-", suffix=".so")
-        os.close(fd)
-    except OSError as exc:
-        log.warning("lowbit native kernels: cache folder %s not writable (%s)", out.parent, exc)
+    key = h.hexdigest()[:20]
+    # the cache, else a per-user temporary folder (read-only home, sandboxed CI)
+    roots = [cache_dir(), Path(tempfile.gettempdir()) / f"lowbit-native-{os.getuid()}"]
+    for root in roots:
+        if (root / key / _LIB_NAME).exists():
+            return root / key / _LIB_NAME
+    for root in roots:
+        out = root / key / _LIB_NAME
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".build-", suffix=".so")
+            os.close(fd)
+            break
+        except OSError as exc:
+            log.info("lowbit native kernels: folder %s not writable (%s)", out.parent, exc)
+    else:
         return None
     cmd = [*cc, *_FLAGS, "-o", tmp, *map(str, sources)]
     try:
@@ -108,8 +117,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lowbit_a8w4_cpu_level.restype = i32
     lib.lowbit_a8w4_set_spin_us.argtypes = [i32]
     lib.lowbit_a8w4_set_spin_us.restype = None
-    lib.lowbit_a8w4_linear.argtypes = [p, i64, i32, i32, p, p, p, i32, i32, i32, p, p, p,
-                                       i32, i32]
+    lib.lowbit_a8w4_linear.argtypes = [p, i64, i32, i32, p, p, p, i32, i32, i32, i32, p, p,
+                                       p, i32, i32]
     lib.lowbit_a8w4_linear.restype = i32
 
 
@@ -127,7 +136,10 @@ def library() -> ctypes.CDLL | None:
                 try:
                     lib = ctypes.CDLL(str(path))
                     _declare(lib)
-                except OSError as exc:
+                    spin = os.environ.get("LOWBIT_SPIN_US")
+                    if spin:  # how long idle workers spin before sleeping (default 50 us)
+                        lib.lowbit_a8w4_set_spin_us(int(spin))
+                except (OSError, ValueError) as exc:
                     log.warning("lowbit native kernels: cannot load %s (%s)", path, exc)
                     lib = None
         _state["lib"] = lib

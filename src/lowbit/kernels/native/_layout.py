@@ -24,12 +24,16 @@ repacked to [NB, G, 16] (fp32 / int32) so one 64-byte load matches one weight bl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["PackedA8W4", "pack_a8w4", "unpack_a8w4"]
+__all__ = ["MAX_GROUP", "PackedA8W4", "pack_a8w4", "unpack_a8w4"]
+
+# |partial sums| <= 2 * 15 * 127 * g must stay below 2^31.
+MAX_GROUP = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,14 @@ class PackedA8W4:
     def octets_per_group(self) -> int:
         """Number of 8-k octets in one group as the kernel walks it (Kp / 8 if per channel)."""
         return self.data.shape[1] // self.num_groups
+
+    @functools.cached_property
+    def kernel_args(self) -> tuple[int, ...]:
+        """(K, Kp, data ptr, scales ptr, zeros ptr, G, octets per group, zconst) for the C
+        kernel; zconst is 8 for symmetric weights (one zero point for all), else -1."""
+        return (self.in_features, self.padded_in_features, self.data.data_ptr(),
+                self.scales.data_ptr(), self.zeros.data_ptr(), self.num_groups,
+                self.octets_per_group, 8 if self.symmetric else -1)
 
     @property
     def nbytes(self) -> int:
@@ -126,6 +138,9 @@ def pack_a8w4(weight: Tensor, scales: Tensor, zeros: Tensor | None = None, *,
         raise ValueError(f"in_features K={k} is not a multiple of group_size={g}")
     if g % 8 and g != k:
         raise ValueError(f"group_size={g} must be a multiple of 8 or equal in_features K={k}")
+    if g > MAX_GROUP:
+        raise ValueError(f"group_size={g} (K={k} if per channel) exceeds {MAX_GROUP}: the "
+                         "int32 group accumulators could overflow")
     groups = k // g
     if tuple(scales.shape) != (n, groups):
         raise ValueError(f"scales: expected shape [{n}, {groups}] for N={n}, K={k}, "

@@ -25,6 +25,12 @@
  *   high nibble = u[16b + j, 8o + 4 + i]
  * so one 64-byte load feeds 16 columns x 8 k's.  Scales sw and zero points zw are
  * [NB][G][16] (fp32 / int32), zero in padded lanes.
+ *
+ * Schedule: activations are quantized once per call (rows in chunks of 8), then the
+ * output is cut into chunks of one panel of 3 blocks (48 columns) x up to 64 rows,
+ * handed out from an atomic counter to the caller and the pool threads. Within a
+ * chunk the AVX-512 tile is 4 rows x 3 blocks: 12 zmm int32 accumulators per group,
+ * 12 zmm fp32 partial sums t, weights unpacked with vpandd / vpsrlw in registers.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -47,28 +53,31 @@ typedef struct {
     const float *x;
     int64_t M;
     int K, Kp, N, NB, G, opg;
+    int ldq; /* row stride of qx: Kp + 64, so rows do not all alias in the L1 sets */
     const uint8_t *w;
     const float *sw;
     const int32_t *zw;
     const float *bias;
     float *y;
     int32_t *acc_out; /* [M][N][G] or NULL */
-    int8_t *qx;       /* [M][Kp] */
+    int8_t *qx;       /* [M][ldq] */
     float *sx;        /* [M] */
     int32_t *nrs;     /* [M][G] */
     int isa;
-    atomic_llong *next; /* work counter of gemm_task */
+    int zconst; /* >= 0: every zero point equals zconst (symmetric: 8); -1: use zw */
+    atomic_llong *next;  /* work counter of gemm_task (chunks) */
+    atomic_llong *qnext; /* work counter of quant_task (rows) */
 } problem;
 
 /* ------------------------------------------------------------------------------ */
 /* activation quantization, one row                                               */
 
 #define QUANT_TAIL_BODY                                                            \
-    for (int k = K; k < Kp; ++k) q[k] = 0;                                         \
+    for (int kk = K; kk < Kp; ++kk) q[kk] = 0;                                     \
     *sx = s;                                                                       \
     for (int gi = 0; gi < G; ++gi) {                                               \
         int32_t sum = 0;                                                           \
-        for (int k = gi * gk; k < (gi + 1) * gk; ++k) sum += q[k];                 \
+        for (int kk = gi * gk; kk < (gi + 1) * gk; ++kk) sum += q[kk];             \
         nrs[gi] = -sum;                                                            \
     }
 
@@ -118,7 +127,7 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
     const int G = p->G, opg = p->opg, Kp = p->Kp, N = p->N;
     const size_t bstride = (size_t)Kp * 8; /* bytes per block of 16 rows */
     const uint8_t *wb = p->w + (size_t)b0 * bstride;
-    const int8_t *qx = p->qx + (size_t)m0 * Kp;
+    const int8_t *qx = p->qx + (size_t)m0 * p->ldq;
     const __m512i m0f = _mm512_set1_epi8(0x0F);
     __m512 t[4][4];
     __m512i acc[4][4];
@@ -130,6 +139,13 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
     for (int g = 0; g < G; ++g) {
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) {
+            /* acc starts at z * (-rowsum): the zero-point correction, exact in int32 */
+            if (p->zconst >= 0) { /* symmetric: no vpmulld (padded lanes are never stored) */
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; ++i)
+                    acc[i][j] = _mm512_set1_epi32(p->zconst * p->nrs[(size_t)(m0 + i) * G + g]);
+                continue;
+            }
             __m512i z = _mm512_loadu_si512(p->zw + ((size_t)(b0 + j) * G + g) * 16);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i)
@@ -149,8 +165,8 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i) {
                 int32_t a4, b4;
-                memcpy(&a4, qk + (size_t)i * Kp, 4);
-                memcpy(&b4, qk + (size_t)i * Kp + 4, 4);
+                memcpy(&a4, qk + (size_t)i * p->ldq, 4);
+                memcpy(&b4, qk + (size_t)i * p->ldq + 4, 4);
                 const __m512i xa = _mm512_set1_epi32(a4), xb = _mm512_set1_epi32(b4);
 #pragma GCC unroll 4
                 for (int j = 0; j < NR; ++j) {
@@ -219,7 +235,7 @@ T512 static void run512(const problem *p, int b_begin, int b_end, int64_t m_begi
 INLINE T256 void tile256(const problem *p, int64_t m0, int b, const int MR) {
     const int G = p->G, opg = p->opg, Kp = p->Kp, N = p->N;
     const uint8_t *wb = p->w + (size_t)b * Kp * 8;
-    const int8_t *qx = p->qx + (size_t)m0 * Kp;
+    const int8_t *qx = p->qx + (size_t)m0 * p->ldq;
     const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 t[2][2];
     __m256i acc[2][2];
@@ -241,8 +257,8 @@ INLINE T256 void tile256(const problem *p, int64_t m0, int b, const int MR) {
             const int8_t *qk = qx + (o0 + o) * 8;
             for (int i = 0; i < MR; ++i) {
                 int32_t a4, b4;
-                memcpy(&a4, qk + (size_t)i * Kp, 4);
-                memcpy(&b4, qk + (size_t)i * Kp + 4, 4);
+                memcpy(&a4, qk + (size_t)i * p->ldq, 4);
+                memcpy(&b4, qk + (size_t)i * p->ldq + 4, 4);
                 const __m256i xa = _mm256_set1_epi32(a4), xb = _mm256_set1_epi32(b4);
                 for (int h = 0; h < 2; ++h) {
                     /* each int16 pair sum is at most 2*15*127 = 3810: no saturation */
@@ -296,7 +312,7 @@ static void run_scalar(const problem *p, int b_begin, int b_end, int64_t m_begin
     for (int b = b_begin; b < b_end; ++b) {
         const uint8_t *wb = p->w + (size_t)b * Kp * 8;
         for (int64_t m = m_begin; m < m_end; ++m) {
-            const int8_t *qx = p->qx + (size_t)m * Kp;
+            const int8_t *qx = p->qx + (size_t)m * p->ldq;
             float t[16];
             int32_t acc[16];
             for (int l = 0; l < 16; ++l) t[l] = 0.0f;
@@ -328,19 +344,25 @@ static void run_scalar(const problem *p, int b_begin, int b_end, int64_t m_begin
 }
 
 /* ------------------------------------------------------------------------------ */
-/* tiny persistent thread pool: workers spin briefly, then sleep on a condvar     */
+/* tiny persistent thread pool. A job is a function that grabs chunks of work from an
+ * atomic counter until none is left, so it is correct with any number of participants.
+ * The caller always works; each worker takes one of nth-1 "places" when it wakes. When
+ * the caller runs out of work it closes the places not yet taken: a worker that the OS
+ * has not scheduled (2 shared cores) then costs nothing instead of a time slice.
+ * Workers spin for spin_us after a job (cheap back-to-back calls), then sleep.       */
 
-typedef void (*task_fn)(void *arg, int tid, int nth);
+typedef void (*task_fn)(void *arg);
 #define MAX_THREADS 64
 
 static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
 static atomic_uint pool_gen;
-static atomic_int pool_pending;
-static task_fn pool_fn;
-static void *pool_arg;
-static int pool_nth, pool_nworkers;
+static atomic_int pool_pending; /* workers that hold a place and have not finished */
+static atomic_int pool_places;  /* places still open in the current job */
+static task_fn _Atomic pool_fn;
+static void *_Atomic pool_arg;
+static int pool_nworkers;
 static pid_t pool_pid;
 static unsigned pool_start_gen[MAX_THREADS];
 static atomic_int spin_us = 50;
@@ -352,15 +374,14 @@ static double now_us(void) {
 }
 
 static void *worker_main(void *vp) {
-    const int tid = (int)(intptr_t)vp;
-    unsigned seen = pool_start_gen[tid]; /* gen when created: never miss the first job */
+    unsigned seen = pool_start_gen[(intptr_t)vp]; /* gen when created: never miss a job */
     for (;;) {
-        unsigned g = atomic_load_explicit(&pool_gen, memory_order_acquire);
+        unsigned g = atomic_load(&pool_gen);
         if (g == seen) {
             const double t0 = now_us(), lim = (double)atomic_load(&spin_us);
             for (int it = 0; g == seen; ++it) {
                 _mm_pause();
-                g = atomic_load_explicit(&pool_gen, memory_order_acquire);
+                g = atomic_load(&pool_gen);
                 if ((it & 63) == 63 && now_us() - t0 > lim) break;
             }
         }
@@ -370,15 +391,20 @@ static void *worker_main(void *vp) {
             pthread_mutex_unlock(&pool_mu);
         }
         seen = g;
-        if (tid < pool_nth) pool_fn(pool_arg, tid, pool_nth);
-        atomic_fetch_sub_explicit(&pool_pending, 1, memory_order_acq_rel);
+        int open = atomic_load(&pool_places);
+        while (open > 0 && !atomic_compare_exchange_weak(&pool_places, &open, open - 1)) {
+        }
+        if (open > 0) { /* took a place: fn/arg were published before the places */
+            atomic_load(&pool_fn)(atomic_load(&pool_arg));
+            atomic_fetch_sub(&pool_pending, 1);
+        }
     }
     return NULL;
 }
 
 static void pool_run(task_fn fn, void *arg, int nth) {
     if (nth <= 1) {
-        fn(arg, 0, 1);
+        fn(arg);
         return;
     }
     pthread_mutex_lock(&call_mu);
@@ -386,25 +412,27 @@ static void pool_run(task_fn fn, void *arg, int nth) {
         pool_pid = getpid();
         pool_nworkers = 0;
     }
-    while (pool_nworkers < nth - 1) {
+    while (pool_nworkers < nth - 1 && pool_nworkers < MAX_THREADS - 1) {
         pthread_t th;
         pool_start_gen[pool_nworkers + 1] = atomic_load(&pool_gen);
         if (pthread_create(&th, NULL, worker_main, (void *)(intptr_t)(pool_nworkers + 1)) != 0) break;
         pthread_detach(th);
         pool_nworkers++;
     }
-    if (nth > pool_nworkers + 1) nth = pool_nworkers + 1;
-    pool_fn = fn;
-    pool_arg = arg;
-    pool_nth = nth;
-    atomic_store(&pool_pending, pool_nworkers);
+    const int places = nth - 1 < pool_nworkers ? nth - 1 : pool_nworkers;
+    atomic_store(&pool_fn, fn);
+    atomic_store(&pool_arg, arg);
+    atomic_store(&pool_pending, places);
+    atomic_store(&pool_places, places);
     pthread_mutex_lock(&pool_mu);
-    atomic_fetch_add_explicit(&pool_gen, 1, memory_order_release);
+    atomic_fetch_add(&pool_gen, 1);
     pthread_cond_broadcast(&pool_cv);
     pthread_mutex_unlock(&pool_mu);
-    fn(arg, 0, nth);
-    for (long it = 0; atomic_load_explicit(&pool_pending, memory_order_acquire) > 0; ++it) {
-        if (it < 100000) _mm_pause();
+    fn(arg);
+    const int unused = atomic_exchange(&pool_places, 0);
+    if (unused > 0) atomic_fetch_sub(&pool_pending, unused);
+    for (long it = 0; atomic_load(&pool_pending) > 0; ++it) {
+        if (it < 20000) _mm_pause();
         else sched_yield();
     }
     pthread_mutex_unlock(&call_mu);
@@ -413,18 +441,24 @@ static void pool_run(task_fn fn, void *arg, int nth) {
 /* ------------------------------------------------------------------------------ */
 /* tasks and entry points                                                         */
 
-static void quant_task(void *vp, int tid, int nth) {
+#define QCHUNK 8
+static void quant_task(void *vp) {
     const problem *p = (const problem *)vp;
-    const int64_t r0 = p->M * tid / nth, r1 = p->M * (tid + 1) / nth;
     const int gk = p->opg * 8;
-    for (int64_t m = r0; m < r1; ++m) {
-        const float *x = p->x + (size_t)m * p->K;
-        int8_t *q = p->qx + (size_t)m * p->Kp;
-        if (p->isa >= 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl"))
-            quant_row_512(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
-        else
-            quant_row_scalar(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
+    const int use512 = p->isa >= 1 && __builtin_cpu_supports("avx512f") &&
+                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    for (;;) {
+        const int64_t r0 = atomic_fetch_add(p->qnext, QCHUNK);
+        if (r0 >= p->M) break;
+        const int64_t r1 = r0 + QCHUNK < p->M ? r0 + QCHUNK : p->M;
+        for (int64_t m = r0; m < r1; ++m) {
+            const float *x = p->x + (size_t)m * p->K;
+            int8_t *q = p->qx + (size_t)m * p->ldq;
+            if (use512)
+                quant_row_512(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
+            else
+                quant_row_scalar(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
+        }
     }
 }
 
@@ -434,10 +468,8 @@ static void quant_task(void *vp, int tid, int nth) {
  * across consecutive row chunks. */
 #define PANEL 3
 #define MCHUNK 64
-static void gemm_task(void *vp, int tid, int nth) {
+static void gemm_task(void *vp) {
     const problem *p = (const problem *)vp;
-    (void)tid;
-    (void)nth;
     const int npan = (p->NB + PANEL - 1) / PANEL;
     const int64_t nm = (p->M + MCHUNK - 1) / MCHUNK;
     const int64_t nchunks = npan * nm;
@@ -469,16 +501,20 @@ LB_API void lowbit_a8w4_set_spin_us(int us) { atomic_store(&spin_us, us < 0 ? 0 
 /* Returns 0 on success, -1 on allocation failure, -2 on bad arguments. */
 LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const uint8_t *w,
                               const float *sw, const int32_t *zw, int N, int G, int opg,
-                              const float *bias, float *y, int32_t *acc_out, int isa,
-                              int nthreads) {
-    if (M < 1 || K < 1 || Kp < K || Kp % 8 || N < 1 || G < 1 || opg < 1 || G * opg * 8 != Kp)
+                              int zconst, const float *bias, float *y, int32_t *acc_out,
+                              int isa, int nthreads) {
+    if (M < 1 || K < 1 || Kp < K || Kp % 8 || N < 1 || G < 1 || opg < 1 || G * opg * 8 != Kp ||
+        zconst > 15)
         return -2;
     if (isa > lowbit_a8w4_cpu_level() || isa < 0) return -2;
-    problem p = {x, M, K, Kp, N, (N + 15) / 16, G, opg, w, sw, zw, bias, y, acc_out,
-                 NULL, NULL, NULL, isa, NULL};
-    atomic_llong next = 0;
+    problem p = {.x = x, .M = M, .K = K, .Kp = Kp, .N = N, .NB = (N + 15) / 16, .G = G,
+                 .opg = opg, .w = w, .sw = sw, .zw = zw, .bias = bias, .y = y,
+                 .acc_out = acc_out, .isa = isa, .zconst = zconst};
+    atomic_llong next = 0, qnext = 0;
     p.next = &next;
-    p.qx = (int8_t *)aligned_alloc(64, ((size_t)M * Kp + 63) / 64 * 64);
+    p.qnext = &qnext;
+    p.ldq = Kp + 64;
+    p.qx = (int8_t *)aligned_alloc(64, ((size_t)M * p.ldq + 127) / 64 * 64);
     p.sx = (float *)malloc((size_t)M * sizeof(float));
     p.nrs = (int32_t *)malloc((size_t)M * G * sizeof(int32_t));
     int rc = 0;
@@ -489,10 +525,11 @@ LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const ui
     if (nthreads < 1) nthreads = 1;
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     const double work = (double)M * N * Kp;
+    /* small problems stay on the calling thread: waking a worker costs more */
     int nq = (double)M * K < 65536.0 ? 1 : nthreads;
-    if (nq > M) nq = (int)M;
+    if (nq > (M + QCHUNK - 1) / QCHUNK) nq = (int)((M + QCHUNK - 1) / QCHUNK);
     pool_run(quant_task, &p, nq);
-    int ng = work < 262144.0 ? 1 : nthreads;
+    const int ng = work < 1048576.0 ? 1 : nthreads;
     pool_run(gemm_task, &p, ng);
 done:
     free(p.qx);

@@ -1,0 +1,219 @@
+"""GEMM benchmark: lowbit.kernels paths side by side with torch, torch.ao and onnxruntime.
+
+    .venv/bin/python benchmarks/gemm.py                     # every shape, hot and cold
+    .venv/bin/python benchmarks/gemm.py --shapes 1x4096x4096,128x4096x4096 --mode hot
+
+Per shape (M, K, N) it times y = x @ W.T (W [N, K]) with, in one process:
+
+  fp32            torch F.linear, fp32 (the baseline of every ratio)
+  bf16            torch F.linear, bf16 operands        | lowbit bf16   K.linear (bf16 path)
+  A8W8 dynamic    lowbit K.linear, act int8:token, W int8 per channel (activation
+                  quantization included) | torch.ao dynamic quantized Linear (x86 engine;
+                  uint8 per-tensor activations) | torch._int_mm alone (no quantization)
+                  | onnxruntime DynamicQuantizeLinear + MatMulInteger (dynamic int8)
+  A8W4 g128       lowbit K.linear, act int8:token, W int4:g128 (native kernel)
+                  | onnxruntime MatMulNBits 4-bit, block 128, accuracy_level 4 (int8 compute)
+  W4A16 g128      lowbit K.linear, bf16 x, W int4:g128 (weight-only)
+  W8A16           lowbit K.linear, bf16 x, W int8 per channel (weight-only)
+
+Method (2 shared cores: thread pools of onnxruntime/OpenMP/OpenBLAS keep spinning after a
+call and slow the next one): a pause before every sample, the order of methods rotated on
+every round, the median of the rounds. "hot": the same weight every call (in cache when it
+fits); "cold": a rotation through enough copies of the weight to exceed 3x the 32 MiB L3.
+Prints ms, GOP/s (2*M*K*N per second) and the speed ratio to fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import lowbit as lb
+import lowbit.kernels as K
+
+SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 4096, 4096), (512, 1024, 1024),
+          (2048, 4096, 4096)]
+
+
+def _ort_int8(w: torch.Tensor):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, k = w.shape
+    sw = (w.abs().amax(1) / 127).clamp(min=1e-12)
+    wq = torch.round(w / sw[:, None]).clamp(-127, 127).to(torch.int8).T.contiguous()
+    inits = [numpy_helper.from_array(wq.numpy(), "W"),
+             numpy_helper.from_array(np.zeros((), np.int8), "WZ"),
+             numpy_helper.from_array(sw.numpy().astype(np.float32), "WS")]
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node("MatMulInteger", ["xq", "W", "xz", "WZ"], ["acc"]),
+        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["xs", "WS"], ["s"]),
+        helper.make_node("Mul", ["accf", "s"], ["y"]),
+    ]
+    return _ort_session(nodes, inits, k, n, [helper.make_opsetid("", 17)])
+
+
+def _ort_nbits(w: torch.Tensor, block: int = 128):
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    n, k = w.shape
+    q = lb.quantize(w, f"int4:g{block}")
+    u = (q.codes ^ 0x88).reshape(n, k // block, block // 2)  # unsigned codes, zero point 8
+    inits = [numpy_helper.from_array(u.numpy(), "B"),
+             numpy_helper.from_array(q.scale.reshape(-1).numpy().astype(np.float32), "S")]
+    nodes = [helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft",
+                              K=k, N=n, bits=4, block_size=block, accuracy_level=4)]
+    return _ort_session(nodes, inits, k, n, [helper.make_opsetid("", 17),
+                                             helper.make_opsetid("com.microsoft", 1)])
+
+
+def _ort_session(nodes, inits, k, n, opsets):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])], inits)
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9  # readable by every onnxruntime since 1.15
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {"x": x})[0]
+
+
+def _ao_linear(w: torch.Tensor):
+    torch.backends.quantized.engine = "x86"
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    lin.weight.data.copy_(w)
+    return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                  dtype=torch.qint8)
+
+
+def methods(w: torch.Tensor, have_ort: bool):
+    """name -> (build(w) -> state, run(state, x_fp32, x_bf16), bytes of one weight)."""
+    n, k = w.shape
+    m = {
+        "fp32 torch": (lambda w: w.clone(), lambda s, x, xb: F.linear(x, s), 4 * n * k),
+        "bf16 torch": (lambda w: w.bfloat16(), lambda s, x, xb: F.linear(xb, s), 2 * n * k),
+        "bf16 lowbit": (lambda w: K.prepare(w.bfloat16()), lambda s, x, xb: K.linear(xb, s),
+                        2 * n * k),
+        "A8W8 lowbit": (lambda w: K.prepare(lb.quantize(w, "int8:channel"), "int8:token"),
+                        lambda s, x, xb: K.linear(x, s), n * k),
+        "A8W8 torch.ao": (_ao_linear, lambda s, x, xb: s(x), n * k),
+        "int_mm raw": (lambda w: lb.quantize(w, "int8:channel").codes.view(torch.int8),
+                       lambda s, x, xb: torch._int_mm(x_i8(x), s.t()), n * k),
+        "A8W4 lowbit": (lambda w: K.prepare(lb.quantize(w, "int4:g128"), "int8:token"),
+                        lambda s, x, xb: K.linear(x, s), n * k // 2),
+        "W4A16 lowbit": (lambda w: K.prepare(lb.quantize(w, "int4:g128")),
+                         lambda s, x, xb: K.linear(xb, s), n * k // 2),
+        "W8A16 lowbit": (lambda w: K.prepare(lb.quantize(w, "int8:channel")),
+                         lambda s, x, xb: K.linear(xb, s), n * k),
+    }
+    if have_ort:
+        m["A8W8 onnxruntime"] = (_ort_int8, lambda s, x, xb: s(x.numpy()), n * k)
+        m["A8W4 ort MatMulNBits"] = (_ort_nbits, lambda s, x, xb: s(x.numpy()), n * k // 2)
+    return m
+
+
+_XI8: dict = {}
+
+
+def x_i8(x):
+    key = (x.data_ptr(), tuple(x.shape))
+    if key not in _XI8:
+        _XI8.clear()
+        _XI8[key] = torch.randint(-127, 128, x.shape, dtype=torch.int8)
+    return _XI8[key]
+
+
+def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 * 2**20):
+    mm, k, n = shape
+    torch.manual_seed(0)
+    w = torch.randn(n, k) / math.sqrt(k)
+    x = torch.randn(mm, k)
+    xb = x.bfloat16()
+    table = methods(w, have_ort)
+    if only:
+        table = {name: v for name, v in table.items() if any(o in name for o in only)}
+    states = {}
+    for name, (build, run, nbytes) in table.items():
+        copies = 1 if mode == "hot" else max(2, math.ceil(cold_bytes / nbytes))
+        ws = [w if i == 0 else w + 1e-3 * torch.randn_like(w) for i in range(copies)]
+        states[name] = [build(wi) for wi in ws]
+        run(states[name][0], x, xb)  # warm up: packing, first-call costs
+    times = {name: [] for name in table}
+    names = list(table)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            run = table[name][1]
+            st = states[name][r % len(states[name])]
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            run(st, x, xb)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
+                    help="comma-separated MxKxN")
+    ap.add_argument("--mode", choices=("hot", "cold", "both"), default="both")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--pause", type=float, default=0.05, help="seconds before each sample")
+    ap.add_argument("--only", default="", help="comma-separated substrings of method names")
+    ap.add_argument("--cold-mib", type=int, default=96,
+                    help="cold mode: weight copies totalling at least this many MiB (3x L3)")
+    args = ap.parse_args(argv)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+
+        have_ort, ort_v = True, ort.__version__
+    except ImportError:
+        have_ort, ort_v = False, "not installed"
+    print(f"# {_cpu_name()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, onnxruntime {ort_v}, lowbit {lb.__version__}")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    modes = ("hot", "cold") if args.mode == "both" else (args.mode,)
+    only = [o for o in args.only.split(",") if o] or None
+    for mode in modes:
+        for shape in shapes:
+            res = bench_shape(shape, mode, args.rounds, args.pause, have_ort, only,
+                              args.cold_mib * 2**20)
+            gop = 2 * math.prod(shape) / 1e9
+            base = res.get("fp32 torch")
+            print(f"\n## M={shape[0]} K={shape[1]} N={shape[2]}, weights {mode}")
+            print(f"{'method':24s} {'ms':>9s} {'GOP/s':>8s} {'x fp32':>7s}")
+            for name, t in res.items():
+                ratio = f"{base / t:7.2f}" if base else "      -"
+                print(f"{name:24s} {t * 1e3:9.3f} {gop / t:8.1f} {ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Fast int8 CPU path built on torch's kernels: A8W8.
+
+``cpu.int8.int_mm``  ``torch._int_mm`` (oneDNN/MKL s8 x s8 -> s32) and a torch epilogue.
+
+What the A8W8 paths compute (identical to :func:`reference.integer_reference` bit for bit,
+int32 accumulator and fp32 output alike)::
+
+    qx, sx = per-row int8 (dynamic int8:token, fused here) or the given / static codes
+    acc    = sum_k a'[m, k] * w[n, k]  - ca[m] * sum_k w[n, k]       int32, exact
+    y      = (float(acc) * sw[n]) * sx[m]  (+ bias)                   fp32
+
+where ``a'`` are the activation codes as int8 (uint8 codes shifted by -128) and ``ca`` the
+matching offset (the zero point, minus 128 for uint8). Weights: symmetric int8, one scale
+per output channel or per tensor. Anything else falls back to the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..formats import IntFormat
+from ..quant import PerChannel, PerGroup, PerTensor, PerToken, QTensor
+from .problem import Problem
+from .reference import INT32_MAX
+
+__all__ = ["a8w8_accumulators", "int_mm_linear", "int_mm_supports", "quantize_rows"]
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Dynamic symmetric int8 per row, exactly ``lb.quantize(x, "int8:token")``.
+
+    Returns (codes int8 [M, K], scales fp32 [M, 1]); s = amax / 127 (1 for an all-zero
+    row), q = round_half_even(x / s). No clamp is needed: s = fl(amax / 127) is within
+    2^-24 of amax / 127, so |x / s| <= 127 * (1 + 2^-23) < 127.5 rounds to at most 127.
+    Three passes over x, one temporary (the quotient, rounded in place).
+    """
+    x = x.float()
+    amax = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True)
+    s = torch.where(amax > 0, (amax / 127).clamp_(min=_TINY), 1.0)
+    return torch.div(x, s).round_().to(torch.int8), s
+
+
+def _weight_ok(w) -> bool:
+    if not isinstance(w, QTensor):
+        return False
+    s = w.scheme
+    return (s.format.name == "int8" and s.symmetric
+            and (s.granularity == PerChannel(0) or s.granularity == PerTensor()))
+
+
+def _act_form(p: Problem) -> str | None:
+    """"dynamic" (int8:token fused here), "codes" (int8 codes, per-row or per-tensor
+    scales), or None when the fast paths do not apply."""
+    s = p.act_scheme
+    if s is None or not isinstance(s.format, IntFormat) or s.format.bits != 8:
+        return None
+    if isinstance(s.granularity, PerGroup):
+        return None
+    if p.act is not None and s.symmetric and s.format.signed and p.act_qparams is None \
+            and s.granularity == PerToken():
+        return "dynamic"
+    if isinstance(p.x, QTensor) and len(p.x.shape) != 2 and isinstance(s.granularity,
+                                                                        PerChannel):
+        return None
+    return "codes"
+
+
+def _bound_ok(p: Problem) -> bool:
+    s = p.act_scheme
+    a = (s.format.max - s.format.min) if not s.symmetric else 128
+    return p.k * 128 * 127 <= INT32_MAX and p.k * a * 127 <= INT32_MAX
+
+
+def int_mm_supports(p: Problem) -> bool:
+    return _weight_ok(p.w.weight) and _act_form(p) is not None and _bound_ok(p)
+
+
+def _activation(p: Problem):
+    """(a' int8 [M, K], offset ca int32 [M, 1] or None, scales fp32 [M, 1] or [1, 1])."""
+    if _act_form(p) == "dynamic":
+        q, s = quantize_rows(p.x)
+        return q, None, s
+    xq = p.xq
+    codes = xq.codes.reshape(p.m, p.k)
+    scale = xq.scale.float().reshape(-1, 1)
+    zp = None if xq.zero_point is None else xq.zero_point.reshape(-1, 1).to(torch.int32)
+    if xq.scheme.format.signed:
+        return codes.view(torch.int8), zp, scale
+    ca = (zp if zp is not None else torch.zeros(1, 1, dtype=torch.int32)) - 128
+    return (codes ^ 0x80).view(torch.int8), ca, scale
+
+
+def _weight_scale(p: Problem) -> Tensor:
+    return p.w.weight.scale.float().reshape(-1)
+
+
+def _wsum(w: QTensor) -> Tensor:
+    return w.codes.view(torch.int8).sum(dim=1, dtype=torch.int32)
+
+
+def a8w8_accumulators(p: Problem) -> Tensor:
+    """The exact int32 accumulator [M, N] of the ``cpu.int8.int_mm`` path (test hook)."""
+    a, ca, _ = _activation(p)
+    return _int_mm_acc(p, a, ca)
+
+
+def _int_mm_acc(p: Problem, a: Tensor, ca) -> Tensor:
+    w = p.w.weight
+    acc = torch._int_mm(a, w.codes.view(torch.int8).t())
+    if ca is not None:  # int32 wraps modulo 2^32; the true result fits, so it is exact
+        acc -= ca * p.w.form("wsum", _wsum)
+    return acc
+
+
+def int_mm_linear(p: Problem) -> Tensor:
+    a, ca, sx = _activation(p)
+    y = _int_mm_acc(p, a, ca).to(torch.float32)
+    y.mul_(_weight_scale(p)).mul_(sx)  # (float(acc) * sw[n]) * sx[m], in place
+    return y if p.bias is None else y.add_(p.bias.float())
