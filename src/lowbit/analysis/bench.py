@@ -11,8 +11,9 @@ on the machine cancels to first order).
   backend that ran and whether it is a real kernel or an emulated path.
 * ``bench_model(model, latency_fn, metric)``: per row, model bytes, latency (median, batch 1
   and batch 32, from ``latency_fn(model, batch_size)``), throughput (32 / latency at 32),
-  peak resident memory during those runs (RSS sampled every 2 ms, MB above the RSS before
-  the row; Linux only), the metric drop against FP32, and the kernels that ran.
+  resident memory during those runs (RSS sampled every 2 ms: the process's peak, which
+  includes the FP32 model kept for reference, and its growth over the RSS before the row;
+  Linux only), the metric drop against FP32, and the kernels that ran.
 
 Figures are wall-clock and noisy on shared machines: re-run on a quiet one to publish.
 """
@@ -80,11 +81,12 @@ def _rss() -> int | None:
 
 
 class PeakRSS:
-    """Context manager: peak resident memory (bytes) above the value at entry, sampled
-    every ``interval`` s by a thread; ``.peak`` is None where /proc is missing."""
+    """Context manager: resident memory sampled every ``interval`` s by a thread.
+    ``.peak``: the process's peak RSS (bytes) while inside; ``.growth``: that peak minus the
+    RSS at entry. Both None where /proc is missing."""
 
     def __init__(self, interval: float = 0.002):
-        self.interval, self.peak = interval, None
+        self.interval, self.peak, self.growth = interval, None, None
 
     def __enter__(self):
         self.start = _rss()
@@ -105,7 +107,7 @@ class PeakRSS:
         if self.start is not None:
             self._t.join()
             self._max = max(self._max, _rss() or 0)
-            self.peak = self._max - self.start
+            self.peak, self.growth = self._max, self._max - self.start
         return False
 
 
@@ -135,8 +137,11 @@ class BenchResult:
     info: dict
 
     def to_json(self, path) -> None:
+        from .render import jsonable
+
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"kind": self.kind, "info": self.info, "rows": self.rows}, f, indent=1)
+            json.dump(jsonable({"kind": self.kind, "info": self.info, "rows": self.rows}), f,
+                      indent=1)
 
     def table(self):
         from rich.table import Table
@@ -205,7 +210,7 @@ def bench_gemm(shapes=GEMM_SHAPES, configs=MATRIX, repeats: int = 10,
             model = base if recipe is None else quantize_model(
                 copy.deepcopy(base), recipe, calib_data=[x], progress=False)
             t32 = time_call(lambda b=base, x=x: b(x), repeats)
-            t = time_call(lambda q=model, x=x: q(x), repeats)
+            t = t32 if recipe is None else time_call(lambda q=model, x=x: q(x), repeats)
             with torch.no_grad():
                 y = model(x).float()
             err = (ref - y).double().pow(2).sum()
@@ -246,15 +251,17 @@ def bench_model(model, latency_fn, metric, configs=MATRIX, *, calib_data=None, s
     for name, recipe in configs.items():
         q = model if recipe is None else quantize_model(
             copy.deepcopy(model), recipe, calib_data=calib_data, progress=False).eval()
-        ref1, ref32 = latency_fn(model, 1), latency_fn(model, 32)
         with PeakRSS() as mem:
             t1, t32 = latency_fn(q, 1), latency_fn(q, 32)
+        ref1, ref32 = (t1, t32) if recipe is None else (latency_fn(model, 1),
+                                                        latency_fn(model, 32))
         backends = _backends(q)
         rows.append({"config": name, "recipe": recipe or "-", "size_mb": size_fn(q) / 1e6,
                      "latency_b1_ms": t1 * 1e3, "latency_b32_ms": t32 * 1e3,
                      "sentences_per_s": 32 / t32, "speedup_b1": ref1 / t1,
                      "speedup_b32": ref32 / t32,
                      "peak_rss_mb": None if mem.peak is None else mem.peak / 1e6,
+                     "rss_growth_mb": None if mem.growth is None else mem.growth / 1e6,
                      "accuracy_drop": base_metric - metric(q), "path": _path(backends),
                      "backends": backends})
         if progress:

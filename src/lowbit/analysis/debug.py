@@ -306,8 +306,10 @@ class DebugReport:
                 "layers": [r.to_dict() for r in self.records]}
 
     def to_json(self, path) -> None:
+        from .render import jsonable
+
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1, default=str)
+            json.dump(jsonable(self.to_dict()), f, indent=1, default=str)
 
     def table(self, top: int | None = None):
         """A rich ``Table``, one row per layer (the ``top`` worst only, when given)."""

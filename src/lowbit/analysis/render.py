@@ -28,6 +28,18 @@ def fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+def jsonable(obj):
+    """``obj`` with every non-finite float spelled as a string ("inf", "-inf", "nan"), so
+    the JSON written is strict (browsers' ``JSON.parse`` rejects ``Infinity``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
 def figure(nrows: int = 1, ncols: int = 1, size=(7, 3)):
     """A matplotlib figure on the Agg backend (no display needed)."""
     import matplotlib

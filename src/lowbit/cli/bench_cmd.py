@@ -33,6 +33,7 @@ def run(args) -> int:
     import torch
 
     from ..analysis import GEMM_SHAPES, MATRIX, bench_gemm, bench_model
+    from ..analysis.render import jsonable
     from ..models import compare, get_model, model_bytes, sentences
 
     unknown = [c for c in args.configs if c not in MATRIX]
@@ -74,8 +75,8 @@ def run(args) -> int:
         console.print(r.table())
         results["model"], report = r, report + [r]
     with open(args.json, "w", encoding="utf-8") as f:
-        json.dump({k: {"info": v.info, "rows": v.rows} for k, v in results.items()} |
-                  {"machine": machine}, f, indent=1)
+        json.dump(jsonable({k: {"info": v.info, "rows": v.rows} for k, v in results.items()}
+                           | {"machine": machine}), f, indent=1)
     console.print(f"JSON: [bold]{args.json}[/]")
     if args.html:
         from ..analysis.render import html_table, page

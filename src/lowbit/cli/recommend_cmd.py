@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..analysis import OPTIONS, recommend, uniform_recipe
+    from ..analysis.render import jsonable
     from ..models import compare, get_model, model_bytes, sentences
     from ..ptq import quantize_model
     from ..recipes import Recipe
@@ -125,6 +126,6 @@ def run(args) -> int:
                           f"{best['size_mb']:.2f} MB, cos {best['mean_cos']:.5f}).")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"plan": plan.to_dict(), "uniform": rows,
-                       "measurements": plan.table}, f, indent=1)
+            json.dump(jsonable({"plan": plan.to_dict(), "uniform": rows,
+                                "measurements": plan.table}), f, indent=1)
     return 0

@@ -3,6 +3,7 @@
 A quantized module (``lowbit.nn``'s Linear, Embedding, ... or your own) is an
 ``nn.Module`` subclass with three members::
 
+    @lowbit.nn.register(torch.nn.Linear)   # or register() for a class replacing nothing
     class QLinear(torch.nn.Module):
         lowbit_kind = "linear"          # unique name, stored in lowbit.json
 
@@ -21,61 +22,24 @@ A quantized module (``lowbit.nn``'s Linear, Embedding, ... or your own) is an
             # does the QTensor parts).
             ...
 
-No registration call is needed, so ``lowbit.nn`` never imports ``lowbit.io`` (io sits
-below nn in the layers): io finds every imported ``nn.Module`` subclass that defines
-``lowbit_kind`` in its own class body, after importing ``lowbit.nn`` if it exists. A
-module's ``lowbit_state`` covers its whole subtree: tensors of its children are saved only
+A quantized class registers itself with ``lowbit.nn.register`` (the registry that also
+maps float module types to their quantized twins); io looks kinds up there. A module's
+``lowbit_state`` covers its whole subtree: tensors of its children are saved only
 through it.
 """
 
 from __future__ import annotations
 
-import importlib
-
-import torch
+from ..nn.registry import KINDS
 
 __all__ = ["is_qmodule", "qmodule_classes"]
 
 
 def is_qmodule(module) -> bool:
-    """True for a module implementing the protocol (has lowbit_kind and lowbit_state)."""
-    return (isinstance(getattr(type(module), "lowbit_kind", None), str)
-            and callable(getattr(module, "lowbit_state", None)))
-
-
-def _subclasses(cls):
-    stack, seen = [cls], set()
-    while stack:
-        c = stack.pop()
-        for sub in c.__subclasses__():
-            if sub not in seen:
-                seen.add(sub)
-                stack.append(sub)
-                yield sub
+    """True for an instance of a registered quantized module class."""
+    return type(module) in KINDS.values()
 
 
 def qmodule_classes() -> dict[str, type]:
-    """``{lowbit_kind: class}`` of every quantized module class defined so far.
-
-    Raises ValueError when two different classes claim the same kind.
-    """
-    try:
-        importlib.import_module("lowbit.nn")
-    except ModuleNotFoundError as e:
-        if e.name not in ("lowbit.nn",):
-            raise
-    found: dict[str, type] = {}
-    for cls in _subclasses(torch.nn.Module):
-        kind = cls.__dict__.get("lowbit_kind")
-        if not isinstance(kind, str):
-            continue
-        if not callable(getattr(cls, "from_lowbit_state", None)):
-            raise TypeError(f"{cls.__module__}.{cls.__qualname__} sets lowbit_kind={kind!r} "
-                            "but has no classmethod from_lowbit_state")
-        other = found.get(kind)
-        if other is not None and other is not cls:
-            raise ValueError(f"quantized module kind {kind!r} is claimed by both "
-                             f"{other.__module__}.{other.__qualname__} and "
-                             f"{cls.__module__}.{cls.__qualname__}")
-        found[kind] = cls
-    return found
+    """``{lowbit_kind: class}`` of every registered quantized module class."""
+    return dict(KINDS)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..quant import PerChannel, PerTensor, QTensor, Scheme
+from ..quant import PerChannel, PerTensor, QTensor
 from . import cpu_int4, cpu_int8, mixed, reference, registry
 from .layouts import from_aligned_int4, from_fractal_nz, to_aligned_int4, to_fractal_nz
 from .problem import PackedWeight, Problem, parse_act, prepare
@@ -76,7 +76,7 @@ def _name(impl: Impl) -> str:
 
 def _transposed(b: QTensor) -> QTensor | None:
     """b [K, N] as a weight [N, K] when its scales allow (per tensor, per column)."""
-    from ..formats import pack, unpack
+    from ..formats import pack
 
     g = b.scheme.granularity
     if g == PerTensor():
@@ -89,10 +89,12 @@ def _transposed(b: QTensor) -> QTensor | None:
     codes = b.unpacked_codes().T.contiguous()
     if bits < 8:
         codes = pack(codes, bits)
-    t = lambda v: None if v is None else v.reshape(1, -1).T.contiguous()  # noqa: E731
-    return QTensor(codes, t(b.scale) if scheme != b.scheme else b.scale, scheme,
-                   (b.shape[1], b.shape[0]),
-                   zero_point=t(b.zero_point) if scheme != b.scheme else b.zero_point)
+
+    def per_row(v):  # scales [1, N] -> [N, 1]; per tensor [1, 1] stays
+        return None if v is None else v.reshape(-1, 1).contiguous()
+
+    return QTensor(codes, per_row(b.scale), scheme, (b.shape[1], b.shape[0]),
+                   zero_point=per_row(b.zero_point))
 
 
 def _matmul_problem(a, b, out_dtype, rounding) -> Problem:

@@ -28,8 +28,16 @@ from ..formats import Rounding
 from ..quant import PerChannel, PerGroup, PerTensor, PerToken, QTensor
 from .problem import Problem
 
-__all__ = ["a8w4_name", "a8w4_linear", "a8w4_supports", "dequant_linear", "dequant_supports",
-           "native_module", "w4_linear", "w4_supports"]
+__all__ = [
+    "a8w4_linear",
+    "a8w4_name",
+    "a8w4_supports",
+    "dequant_linear",
+    "dequant_supports",
+    "native_module",
+    "w4_linear",
+    "w4_supports",
+]
 
 SMALL_M = 128  # int4pack up to this many rows, decode + GEMM above (measured crossover)
 
@@ -43,7 +51,7 @@ def native_module():
             from . import native
 
             _NATIVE["mod"] = native if native.available() else None
-        except Exception:  # a broken native build must never break lowbit.kernels
+        except Exception:  # noqa: BLE001 - a broken native build must never break kernels
             _NATIVE["mod"] = None
     return _NATIVE["mod"]
 

@@ -117,6 +117,6 @@ def _int_mm_acc(p: Problem, a: Tensor, ca) -> Tensor:
 
 def int_mm_linear(p: Problem) -> Tensor:
     a, ca, sx = _activation(p)
-    y = _int_mm_acc(p, a, ca).to(torch.float32)
-    y.mul_(_weight_scale(p)).mul_(sx)  # (float(acc) * sw[n]) * sx[m], in place
+    y = torch.mul(_int_mm_acc(p, a, ca), _weight_scale(p))  # float(acc) * sw[n], one pass
+    y.mul_(sx)  # then * sx[m], in place
     return y if p.bias is None else y.add_(p.bias.float())

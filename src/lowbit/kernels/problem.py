@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..formats import IntFormat, Rounding
-from ..quant import PerChannel, PerGroup, QParams, QTensor, Scheme, quantize
+from ..quant import PerChannel, QParams, QTensor, Scheme, quantize
 
 __all__ = ["PackedWeight", "Problem", "operand_kind", "parse_act", "prepare"]
 

@@ -18,10 +18,10 @@ itself, see :attr:`Impl.rounds_output`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-__all__ = ["Impl", "register", "implementations", "keys", "select"]
+__all__ = ["Impl", "implementations", "keys", "register", "select"]
 
 ACT_KINDS = ("float", "int8", "int", "emulated")
 WEIGHT_KINDS = ("float", "int8", "int4", "int", "emulated")

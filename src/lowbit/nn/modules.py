@@ -40,6 +40,10 @@ def _act_from_meta(meta: dict) -> tuple[Scheme | None, QParams | None]:
     return act, QParams(scale, zp)
 
 
+def _smoothed(w: torch.Tensor, input_scale: torch.Tensor | None) -> torch.Tensor:
+    return w if input_scale is None else w * input_scale.to(w.dtype)
+
+
 def _bias(mod) -> torch.Tensor | None:
     return None if getattr(mod, "bias", None) is None else mod.bias.detach().float().clone()
 
@@ -47,14 +51,20 @@ def _bias(mod) -> torch.Tensor | None:
 class _QuantMatmul(torch.nn.Module):
     """Shared by Linear and Conv2d: a 2-D [out, reduction] QTensor weight run by kernels."""
 
-    def __init__(self, weight: QTensor, bias, act: Scheme | None, act_qparams: QParams | None):
+    def __init__(self, weight: QTensor, bias, act: Scheme | None, act_qparams: QParams | None,
+                 input_scale: torch.Tensor | None = None):
         super().__init__()
         if len(weight.shape) != 2:
             raise ValueError(f"weight must be a 2-D QTensor [out, in]; got shape {tuple(weight.shape)}")
         if act is not None and not act.is_dynamic and not act.is_block_scaled and act_qparams is None:
             raise ValueError(f"static activation scheme {act} needs act_qparams (calibrate first)")
+        if input_scale is not None and tuple(input_scale.shape) != (weight.shape[1],):
+            raise ValueError(f"input_scale must have shape ({weight.shape[1]},); got "
+                             f"{tuple(input_scale.shape)}")
         self.weight_q = weight
         self.register_buffer("bias", bias)
+        # SmoothQuant: inputs are divided by input_scale, the weight was multiplied by it.
+        self.register_buffer("input_scale", input_scale)
         self.act, self.act_qparams = act, act_qparams
         self._packed = None
 
@@ -68,6 +78,8 @@ class _QuantMatmul(torch.nn.Module):
         return self._packed
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x2 = x2 / self.input_scale
         return kernels.linear(x2, self.packed, self.bias)
 
     @property
@@ -77,12 +89,14 @@ class _QuantMatmul(torch.nn.Module):
 
     @property
     def nbytes(self) -> int:
-        return self.weight_q.nbytes + (0 if self.bias is None else self.bias.numel() * 4)
+        extra = [t for t in (self.bias, self.input_scale) if t is not None]
+        return self.weight_q.nbytes + sum(t.numel() * t.element_size() for t in extra)
 
     def _state(self) -> tuple[dict, dict]:
         tensors, wmeta = self.weight_q.state("weight.")
-        if self.bias is not None:
-            tensors["bias"] = self.bias
+        for name in ("bias", "input_scale"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
         return tensors, {"weight": wmeta, **_act_meta(self.act, self.act_qparams)}
 
     def extra_repr(self) -> str:
@@ -98,10 +112,14 @@ class QuantLinear(_QuantMatmul):
 
     @classmethod
     def from_float(cls, mod: torch.nn.Linear, weight: "Scheme | str", act=None, *,
-                   weight_qparams: QParams | None = None, act_qparams: QParams | None = None):
-        w = quantize(mod.weight.detach(), Scheme.parse(weight), weight_qparams)
+                   weight_qparams: QParams | None = None, act_qparams: QParams | None = None,
+                   input_scale: torch.Tensor | None = None):
+        """Quantize ``mod``'s weight (times ``input_scale`` per input channel, SmoothQuant)
+        with ``weight``; ``act`` quantizes inputs (static schemes need ``act_qparams``)."""
+        w = _smoothed(mod.weight.detach(), input_scale)
+        w = quantize(w, Scheme.parse(weight), weight_qparams)
         act = None if act is None else Scheme.parse(act)
-        return cls(w, _bias(mod), act, act_qparams)
+        return cls(w, _bias(mod), act, act_qparams, input_scale)
 
     @property
     def in_features(self) -> int:
@@ -125,7 +143,7 @@ class QuantLinear(_QuantMatmul):
             raise ValueError(f"saved weight has shape {tuple(w.shape)}, the model's Linear "
                              f"expects {want}")
         act, qp = _act_from_meta(meta)
-        return cls(w, tensors.get("bias"), act, qp)
+        return cls(w, tensors.get("bias"), act, qp, tensors.get("input_scale"))
 
 
 @register(torch.nn.Conv2d)
@@ -181,6 +199,8 @@ class QuantConv2d(_QuantMatmul):
                              f"model's {geometry}")
         w = QTensor.from_state(tensors, meta["weight"], "weight.")
         act, qp = _act_from_meta(meta)
+        if "input_scale" in tensors:
+            raise ValueError("QuantConv2d takes no input_scale (SmoothQuant is for Linear)")
         return cls(w, tensors.get("bias"), act, qp, geometry)
 
 

@@ -1,5 +1,5 @@
 """Post-training quantization over whole models."""
 
-from .driver import make_observer, quantize_model, run_batches
+from .driver import make_observer, quantize_model, run_batches, smooth_scales
 
-__all__ = ["make_observer", "quantize_model", "run_batches"]
+__all__ = ["make_observer", "quantize_model", "run_batches", "smooth_scales"]

@@ -17,7 +17,7 @@ from .. import calib
 from ..nn import KeepPrecision, quantized_class
 from ..recipes import Recipe
 
-__all__ = ["quantize_model", "make_observer", "run_batches"]
+__all__ = ["quantize_model", "make_observer", "run_batches", "smooth_scales"]
 
 _OBSERVERS = {
     "minmax": lambda: calib.MinMax(),
@@ -56,45 +56,78 @@ def run_batches(model: torch.nn.Module, batches: Iterable, progress=None, task=N
                 progress.advance(task)
 
 
-def _observe_input(observer):
+def _observe_input(observer, divisor=None):
     def hook(module, args):
-        observer.update(args[0].detach())  # returns None: the input passes unchanged
+        x = args[0].detach()
+        observer.update(x if divisor is None else x / divisor)  # the input passes unchanged
 
     return hook
 
 
-def _calibrate(model, plan, calib_data, progress: Progress) -> dict:
-    """Observers for every static-activation module, fed with that module's inputs."""
-    static = {n: r for n, r in plan.items() if r.act is not None and r.act_mode == "static"}
-    if not static:
-        return {}
+def _observe(model, batches, observers: dict, divisors: dict, progress, label: str) -> None:
+    """One calibration pass: each observer sees its module's inputs (divided by the
+    module's SmoothQuant scale, if any). Hooks are always removed."""
+    modules = dict(model.named_modules())
+    handles = []
+    was_training = model.training
+    try:
+        for name, obs in observers.items():
+            hook = _observe_input(obs, divisors.get(name))
+            handles.append(modules[name].register_forward_pre_hook(hook))
+        model.eval()
+        run_batches(model, batches, progress, progress.add_task(label, total=len(batches)))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
+def _needs_data(calib_data, what: str, example: str) -> list:
     if calib_data is None:
-        raise ValueError(f"{len(static)} modules have static activations "
-                         f"(e.g. {next(iter(static))}); pass calib_data=batches to calibrate "
-                         "them, or use a dynamic activation scheme")
+        raise ValueError(f"{what} (e.g. {example}); pass calib_data=batches to calibrate them, "
+                         "or use a dynamic activation scheme without smoothing")
     batches = list(calib_data)
     if not batches:
         raise ValueError("calib_data is empty: give at least one batch")
+    return batches
+
+
+def smooth_scales(x_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel scale s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+    (Xiao et al., 2023); channels with no signal get 1."""
+    w_amax = weight.detach().abs().amax(0).float()
+    s = x_amax.float().clamp(min=1e-5) ** alpha / w_amax.clamp(min=1e-5) ** (1 - alpha)
+    return torch.where((x_amax > 0) & (w_amax > 0), s, torch.ones_like(s)).clamp(min=1e-5)
+
+
+def _calibrate(model, plan, calib_data, progress: Progress) -> tuple[dict, dict]:
+    """(observers of static activations, SmoothQuant scales), from the calibration data.
+
+    With smoothing, a first pass measures each smoothed Linear's per-input-channel ranges;
+    the static observers then see the smoothed inputs x / s in a second pass.
+    """
     modules = dict(model.named_modules())
+    smooth = {n: r for n, r in plan.items()
+              if r.smooth is not None and isinstance(modules[n], torch.nn.Linear)}
+    static = {n: r for n, r in plan.items() if r.act is not None and r.act_mode == "static"}
+    if not smooth and not static:
+        return {}, {}
+    what = f"{len(static)} modules have static activations and {len(smooth)} are smoothed"
+    batches = _needs_data(calib_data, what, next(iter({**static, **smooth})))
+    scales = {}
+    if smooth:
+        ranges = {n: calib.MinMax(axis=-1) for n in smooth}
+        _observe(model, batches, ranges, {}, progress, "measuring channels")
+        for n, obs in ranges.items():
+            lo, hi = obs.range()
+            scales[n] = smooth_scales(torch.maximum(-lo, hi), modules[n].weight, smooth[n].smooth)
     observers = {n: make_observer(r.observer) for n, r in static.items()}
-    handles = []
-    try:
-        for name, obs in observers.items():
-            handles.append(modules[name].register_forward_pre_hook(_observe_input(obs)))
-        was_training = model.training
-        model.eval()
-        task = progress.add_task("calibrating", total=len(batches))
-        try:
-            run_batches(model, batches, progress, task)
-        finally:
-            model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    return observers
+    if observers:
+        _observe(model, batches, observers, scales, progress, "calibrating")
+    return observers, scales
 
 
-def _build(name, module, rule, observers):
+def _build(name, module, rule, observers, scales):
     if rule.keep is not None:
         return None if rule.keep == "fp32" else KeepPrecision(copy.deepcopy(module), rule.keep)
     cls = quantized_class(module)
@@ -104,15 +137,18 @@ def _build(name, module, rule, observers):
     if rule.weight is None:
         raise ValueError(f"rule for {name!r} quantizes activations only; lowbit's quantized "
                          "modules need a weight scheme too (add weight=...)")
+    extra = {"input_scale": scales[name]} if name in scales else {}
     weight_qparams = None
     if rule.weight_clip == "mse":
         w = module.weight.detach()
         if w.dim() > 2:
             w = w.reshape(w.shape[0], -1)
+        if name in scales:
+            w = w * scales[name]
         weight_qparams = calib.mse_search(w, rule.weight)
     act_qparams = observers[name].qparams(rule.act) if name in observers else None
     return cls.from_float(module, rule.weight, rule.act, weight_qparams=weight_qparams,
-                          act_qparams=act_qparams)
+                          act_qparams=act_qparams, **extra)
 
 
 def quantize_model(model: torch.nn.Module, recipe, calib_data=None, progress: bool = True):
@@ -130,12 +166,12 @@ def quantize_model(model: torch.nn.Module, recipe, calib_data=None, progress: bo
     recipe = Recipe.resolve(recipe)
     plan = recipe.validate(model)
     with _progress(progress) as bar:
-        observers = _calibrate(model, plan, calib_data, bar)
+        observers, scales = _calibrate(model, plan, calib_data, bar)
         task = bar.add_task("quantizing", total=len(plan))
         replacements = {}
         modules = dict(model.named_modules())
         for name, rule in plan.items():
-            new = _build(name, modules[name], rule, observers)
+            new = _build(name, modules[name], rule, observers, scales)
             if new is not None:
                 replacements[name] = new
             bar.advance(task)

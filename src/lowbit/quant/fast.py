@@ -39,7 +39,7 @@ from .granularity import PerGroup, scale_shape
 from .qtensor import QTensor
 from .scheme import ScaleMode, Scheme
 
-__all__ = ["quantize", "dequantize"]
+__all__ = ["dequantize", "quantize"]
 
 _MX_MODES = {ScaleMode.FLOOR: 0, ScaleMode.CEIL: 1, ScaleMode.EVEN: 2}
 
@@ -86,7 +86,8 @@ def _codes_shape(shape, bits: int) -> tuple[int, ...]:
 
 def quantize(x: torch.Tensor, scheme: Scheme, qparams) -> QTensor | None:
     """Native quantize of float32 ``x``, or None when not covered (see the module doc)."""
-    if not _ok_tensor(x) or x.dtype != torch.float32 or scheme.rounding is not Rounding.NEAREST_EVEN:
+    if (not _ok_tensor(x) or x.dtype != torch.float32
+            or scheme.rounding is not Rounding.NEAREST_EVEN):
         return None
     lib = nat.library()
     if lib is None:

@@ -52,6 +52,8 @@ def _toml_value(v) -> str:
         return json.dumps(v)          # a JSON string is a valid TOML basic string
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)                # Python's int/float literals are valid TOML
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} to TOML")

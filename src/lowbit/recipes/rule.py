@@ -73,6 +73,11 @@ class Rule:
         weight_clip: ``minmax`` (default) or ``mse`` (MSE-searched clip per block).
         keep: ``fp32``, ``fp16`` or ``bf16``: leave the module in that float format
             instead of quantizing it (excludes weight/act).
+        smooth: SmoothQuant migration strength alpha in (0, 1]: per input channel j the
+            activations are divided and the weight's column multiplied by
+            s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), measured on the calibration data,
+            so outlier channels stop dictating the activation range (needs act and
+            calibration data; applies to Linear layers, others ignore it).
 
     Example: ``Rule("encoder.layer.*", ("Linear",), weight="int4:g128",
     weight_clip="mse", act="int8:token")`` is A8W4 with dynamic per-token activations.
@@ -86,6 +91,7 @@ class Rule:
     observer: str | None = None
     weight_clip: str | None = None
     keep: str | None = None
+    smooth: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.pattern, str) or not self.pattern:
@@ -102,7 +108,7 @@ class Rule:
         _one_of(self.weight_clip, WEIGHT_CLIPS, "weight_clip")
         if self.keep is not None:
             extra = [f.name for f in fields(self) if f.name in
-                     ("weight", "act", "act_mode", "observer", "weight_clip")
+                     ("weight", "act", "act_mode", "observer", "weight_clip", "smooth")
                      and getattr(self, f.name) is not None]
             if extra:
                 raise ValueError(f"keep={self.keep!r} leaves the module in floating point; "
@@ -113,6 +119,14 @@ class Rule:
                              f"(pattern {self.pattern!r}, types {list(self.types)})")
         if self.weight is None and self.weight_clip is not None:
             raise ValueError("weight_clip needs a weight scheme")
+        if self.smooth is not None:
+            if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) \
+                    or not 0 < self.smooth <= 1:
+                raise ValueError(f"smooth (SmoothQuant alpha) must be a number in (0, 1]; got "
+                                 f"{self.smooth!r}")
+            if self.act is None or self.weight is None:
+                raise ValueError("smooth moves activation outliers into the weight: it needs "
+                                 "both act and weight schemes")
         if self.act is None:
             if self.act_mode is not None or self.observer is not None:
                 raise ValueError("act_mode and observer need an act scheme")
@@ -187,4 +201,6 @@ class Rule:
         if self.act is not None:
             how = self.act_mode + (f", {self.observer}" if self.observer else "")
             parts.append(f"A {self.act} ({how})")
+        if self.smooth is not None:
+            parts.append(f"SmoothQuant alpha {self.smooth}")
         return f"{where} -> {', '.join(parts)}"

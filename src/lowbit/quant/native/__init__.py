@@ -25,8 +25,17 @@ import torch
 from ... import _native
 from ...formats import FloatFormat, IntFormat
 
-__all__ = ["library", "encoder", "decode_table", "scale_lut", "set_isa", "ptr", "pack_group",
-           "supports_float", "S_MAX"]
+__all__ = [
+    "S_MAX",
+    "decode_table",
+    "encoder",
+    "library",
+    "pack_group",
+    "ptr",
+    "scale_lut",
+    "set_isa",
+    "supports_float",
+]
 
 S_MAX = 16384  # elements per work piece (quantize.c); fused per-block kernels need L <= S_MAX
 

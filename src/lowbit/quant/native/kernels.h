@@ -34,6 +34,11 @@ typedef struct {
     float post;           /* factor applied after the division (MX int: 2^(bits-2)) */
 } Enc;
 
+/* The code of one element y (already divided by the scale), round-to-nearest-even and
+ * saturating. Integer: clamp(rne(y) + zp, qmin, qmax) in two's complement. Float: the fp32
+ * mantissa rounded to mbits (a carry moves into the exponent), subnormals by an exact
+ * power-of-two scaling. Example fp8_e4m3fn: 460.0 -> 0x7E (448, saturated),
+ * 1.5 * 2^-9 -> 0x02 (tie to even), -0.0 -> 0x80. */
 static inline uint8_t enc1(float y, float zp, const Enc *e) {
     if (e->kind == 0) {
         float r = rintf(y) + zp;

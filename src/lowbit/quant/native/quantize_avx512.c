@@ -204,9 +204,10 @@ AVX512 void mx_group(const Job *j, const float *x, uint8_t *buf, uint8_t *s8) {
     __m512i code = _mm512_mask_blend_epi32(bad, _mm512_add_epi32(e, _mm512_set1_epi32(127)),
                                            _mm512_set1_epi32(255));
     _mm_storeu_si128((__m128i *)s8, _mm512_cvtepi32_epi8(code));
-    float d[16];
-    _mm512_storeu_ps(d, _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_add_epi32(_mm512_max_epi32(e, _mm512_set1_epi32(-126)), _mm512_set1_epi32(127)), 23)));
+    float d[16]; /* divisors 2^max(E, -126) */
+    __m512i biased = _mm512_add_epi32(_mm512_max_epi32(e, _mm512_set1_epi32(-126)),
+                                      _mm512_set1_epi32(127));
+    _mm512_storeu_ps(d, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
     const __m512 vp = _mm512_set1_ps(E.post), z = _mm512_setzero_ps();
     const int post = E.post != 1.0f;
     for (int k = 0; k < 16; k++) {
@@ -215,7 +216,8 @@ AVX512 void mx_group(const Job *j, const float *x, uint8_t *buf, uint8_t *s8) {
         for (int h = 0; h < 2; h++) {
             __m512 y = _mm512_div_ps(_mm512_loadu_ps(x + 32 * k + 16 * h), dv);
             if (post) y = _mm512_mul_ps(y, vp);
-            _mm_storeu_si128((__m128i *)(buf + 32 * k + 16 * h), _mm512_cvtepi32_epi8(enc16(y, z, &E)));
+            _mm_storeu_si128((__m128i *)(buf + 32 * k + 16 * h),
+                             _mm512_cvtepi32_epi8(enc16(y, z, &E)));
         }
     }
 }
