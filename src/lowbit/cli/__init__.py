@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import formats_cmd, quantize_cmd
+from . import formats_cmd, qat_cmd, quantize_cmd
 
-COMMANDS = [formats_cmd, quantize_cmd]
+COMMANDS = [formats_cmd, quantize_cmd, qat_cmd]
 
 __all__ = ["main"]
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from . import minilm
+from . import digits, minilm
 from .data import SPLITS, sentences
 from .encoder import Encoder, load_encoder
 from .metrics import compare, model_bytes
 
-__all__ = ["MODELS", "SPLITS", "Encoder", "compare", "get_model", "load_encoder", "minilm",
-           "model_bytes", "sentences"]
+__all__ = ["MODELS", "SPLITS", "Encoder", "compare", "digits", "get_model", "load_encoder",
+           "minilm", "model_bytes", "sentences"]
 
 # name -> (description, loader returning an Encoder)
 MODELS = {

@@ -34,16 +34,13 @@
  */
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#define LB_API __attribute__((visibility("default")))
+#include "common.h"
+
 #define INLINE static inline __attribute__((always_inline))
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define T256 __attribute__((target("avx2")))
@@ -344,101 +341,6 @@ static void run_scalar(const problem *p, int b_begin, int b_end, int64_t m_begin
 }
 
 /* ------------------------------------------------------------------------------ */
-/* tiny persistent thread pool. A job is a function that grabs chunks of work from an
- * atomic counter until none is left, so it is correct with any number of participants.
- * The caller always works; each worker takes one of nth-1 "places" when it wakes. When
- * the caller runs out of work it closes the places not yet taken: a worker that the OS
- * has not scheduled (2 shared cores) then costs nothing instead of a time slice.
- * Workers spin for spin_us after a job (cheap back-to-back calls), then sleep.       */
-
-typedef void (*task_fn)(void *arg);
-#define MAX_THREADS 64
-
-static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
-static atomic_uint pool_gen;
-static atomic_int pool_pending; /* workers that hold a place and have not finished */
-static atomic_int pool_places;  /* places still open in the current job */
-static task_fn _Atomic pool_fn;
-static void *_Atomic pool_arg;
-static int pool_nworkers;
-static pid_t pool_pid;
-static unsigned pool_start_gen[MAX_THREADS];
-static atomic_int spin_us = 50;
-
-static double now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
-}
-
-static void *worker_main(void *vp) {
-    unsigned seen = pool_start_gen[(intptr_t)vp]; /* gen when created: never miss a job */
-    for (;;) {
-        unsigned g = atomic_load(&pool_gen);
-        if (g == seen) {
-            const double t0 = now_us(), lim = (double)atomic_load(&spin_us);
-            for (int it = 0; g == seen; ++it) {
-                _mm_pause();
-                g = atomic_load(&pool_gen);
-                if ((it & 63) == 63 && now_us() - t0 > lim) break;
-            }
-        }
-        if (g == seen) {
-            pthread_mutex_lock(&pool_mu);
-            while ((g = atomic_load(&pool_gen)) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
-            pthread_mutex_unlock(&pool_mu);
-        }
-        seen = g;
-        int open = atomic_load(&pool_places);
-        while (open > 0 && !atomic_compare_exchange_weak(&pool_places, &open, open - 1)) {
-        }
-        if (open > 0) { /* took a place: fn/arg were published before the places */
-            atomic_load(&pool_fn)(atomic_load(&pool_arg));
-            atomic_fetch_sub(&pool_pending, 1);
-        }
-    }
-    return NULL;
-}
-
-static void pool_run(task_fn fn, void *arg, int nth) {
-    if (nth <= 1) {
-        fn(arg);
-        return;
-    }
-    pthread_mutex_lock(&call_mu);
-    if (pool_pid != getpid()) { /* first call, or a forked child: no workers here */
-        pool_pid = getpid();
-        pool_nworkers = 0;
-    }
-    while (pool_nworkers < nth - 1 && pool_nworkers < MAX_THREADS - 1) {
-        pthread_t th;
-        pool_start_gen[pool_nworkers + 1] = atomic_load(&pool_gen);
-        if (pthread_create(&th, NULL, worker_main, (void *)(intptr_t)(pool_nworkers + 1)) != 0) break;
-        pthread_detach(th);
-        pool_nworkers++;
-    }
-    const int places = nth - 1 < pool_nworkers ? nth - 1 : pool_nworkers;
-    atomic_store(&pool_fn, fn);
-    atomic_store(&pool_arg, arg);
-    atomic_store(&pool_pending, places);
-    atomic_store(&pool_places, places);
-    pthread_mutex_lock(&pool_mu);
-    atomic_fetch_add(&pool_gen, 1);
-    pthread_cond_broadcast(&pool_cv);
-    pthread_mutex_unlock(&pool_mu);
-    fn(arg);
-    const int unused = atomic_exchange(&pool_places, 0);
-    if (unused > 0) atomic_fetch_sub(&pool_pending, unused);
-    for (long it = 0; atomic_load(&pool_pending) > 0; ++it) {
-        if (it < 20000) _mm_pause();
-        else sched_yield();
-    }
-    pthread_mutex_unlock(&call_mu);
-}
-
-/* ------------------------------------------------------------------------------ */
 /* tasks and entry points                                                         */
 
 #define QCHUNK 8
@@ -486,18 +388,6 @@ static void gemm_task(void *vp) {
     }
 }
 
-/* 2 = avx512 vnni, 1 = avx2, 0 = scalar */
-LB_API int lowbit_a8w4_cpu_level(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        return 2;
-    if (__builtin_cpu_supports("avx2")) return 1;
-    return 0;
-}
-
-LB_API void lowbit_a8w4_set_spin_us(int us) { atomic_store(&spin_us, us < 0 ? 0 : us); }
-
 /* Returns 0 on success, -1 on allocation failure, -2 on bad arguments. */
 LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const uint8_t *w,
                               const float *sw, const int32_t *zw, int N, int G, int opg,
@@ -528,9 +418,9 @@ LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const ui
     /* small problems stay on the calling thread: waking a worker costs more */
     int nq = (double)M * K < 65536.0 ? 1 : nthreads;
     if (nq > (M + QCHUNK - 1) / QCHUNK) nq = (int)((M + QCHUNK - 1) / QCHUNK);
-    pool_run(quant_task, &p, nq);
+    lb_pool_run(quant_task, &p, nq);
     const int ng = work < 1048576.0 ? 1 : nthreads;
-    pool_run(gemm_task, &p, ng);
+    lb_pool_run(gemm_task, &p, ng);
 done:
     free(p.qx);
     free(p.sx);

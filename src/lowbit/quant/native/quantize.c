@@ -16,6 +16,7 @@
  * scalar one here; kernels.h holds the shared types and the element encoder.
  */
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include "kernels.h"
 
@@ -269,6 +270,21 @@ static void dequant_pieces(Job *j, i64 p0, i64 p1) {
     }
 }
 
+/* Ask for transparent huge pages on a large output buffer that is about to be written for
+ * the first time: a fresh 64 MB tensor otherwise takes 16384 page faults, which cost more
+ * than the kernel itself (torch's THP_MEM_ALLOC_ENABLE does the same for its allocations).
+ * Only advice: the 2 MB-aligned interior of the buffer, ignored where THP is off. */
+static void advise_huge_pages(void *p, i64 bytes) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)1 << 21;
+    uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    uintptr_t e = ((uintptr_t)p + (uintptr_t)bytes) & ~(huge - 1);
+    if (bytes >= (i64)(4 * huge) && e > a) madvise((void *)a, e - a, MADV_HUGEPAGE);
+#else
+    (void)p; (void)bytes;
+#endif
+}
+
 typedef struct { Job *job; i64 p0, p1; } Slice;
 
 /* One entry per block when blocks fit a piece, else one per piece. */
@@ -312,6 +328,8 @@ static int run(Job *j, int threads) {
     if (T > P) T = P;
     j->avx = lbq_isa(-1);
     j->bad = 0;
+    if (j->op == DEQ) advise_huge_pages(j->out, j->n * 4);
+    else if (j->op != STATS) advise_huge_pages(j->codes, j->n * j->bits / 8);
     Slice sl[64];
     pthread_t th[64];
     int started[64] = {0};

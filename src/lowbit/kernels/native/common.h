@@ -1,0 +1,24 @@
+/*
+ * lowbit native kernels: what the kernels of this library share (one .so, built by
+ * _build.py from every source in _SOURCES; this header is hashed into the build key).
+ *
+ *   lb_pool_run(fn, arg, nth)   run fn(arg) on the caller and up to nth-1 pool threads;
+ *                               fn must take work from an atomic counter until none is
+ *                               left (any number of participants is then correct).
+ *   lowbit_a8w4_cpu_level()     best ISA level of this CPU: 2 = avx512 vnni (+ f/bw/vl),
+ *                               1 = avx2, 0 = scalar (exported; the name is historical).
+ *   lowbit_a8w4_set_spin_us(us) how long idle pool threads spin before sleeping.
+ */
+#ifndef LOWBIT_NATIVE_COMMON_H
+#define LOWBIT_NATIVE_COMMON_H
+
+#define LB_API __attribute__((visibility("default")))
+#define MAX_THREADS 64
+
+typedef void (*task_fn)(void *arg);
+
+void lb_pool_run(task_fn fn, void *arg, int nth);
+LB_API int lowbit_a8w4_cpu_level(void);
+LB_API void lowbit_a8w4_set_spin_us(int us);
+
+#endif
