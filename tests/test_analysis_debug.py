@@ -133,7 +133,8 @@ def test_debug_flags_the_outlier_layer_and_its_fix_works():
     assert fc2.weight_outliers["max_median_ratio"] > 20 > fc1.weight_outliers["max_median_ratio"]
     assert fc2.needs_requantization and fc2.suggested_rule is not None
     # the suggestion is a valid recipe rule, and applying it brings fc2 above the threshold
-    fixed = Recipe((Rule.from_dict(fc2.suggested_rule),) + W4.rules, name="fixed")
+    fixed = rep.fixed_recipe()
+    assert fixed.rules[0] == Rule.from_dict(fc2.suggested_rule) and fixed.rules[-2:] == W4.rules
     rep2 = debug(model, fixed, data, min_sqnr_db=20.0)
     fc2_fixed = next(r for r in rep2.records if r.name == "fc2")
     assert fc2_fixed.output_error["sqnr_db"] >= 20.0 > fc2.output_error["sqnr_db"]
@@ -245,3 +246,34 @@ def test_debug_on_the_bundled_minilm():
     assert 20 < min(sqnr) and max(sqnr) < 60
     assert rep.model_output_error["cosine"] > 0.98
     assert all(r.backend for r in rep.records)
+
+
+def test_suggest_fix_branches():
+    from lowbit.analysis.advice import suggest_fix, weight_candidates
+
+    tok = lb.Scheme.parse("int8:token")
+    common = {"w2d": None, "weight": lb.Scheme.parse("int8:channel"),
+              "weight_clip": "minmax", "sqnr_weight": 40.0, "target_db": 20.0}
+    # activation noise dominates (out 15 dB, weight alone 30 dB) with outlier channels
+    fix = suggest_fix(act=tok, act_mode="dynamic", sqnr_out=15.0, sqnr_w_only=30.0,
+                      act_saturated=0, act_channel_ratio=50.0, **common)
+    assert "SmoothQuant" in fix.text and fix.rule == {"act": None}
+    assert fix.predicted_sqnr_db == pytest.approx(30.0)
+    static = lb.Scheme.parse("int8")
+    fix = suggest_fix(act=static, act_mode="static", sqnr_out=15.0, sqnr_w_only=30.0,
+                      act_saturated=3, act_channel_ratio=5.0, **common)
+    assert fix.rule == {"act": "int8:token", "act_mode": "dynamic"}
+    # weight noise dominates: a per-tensor int8 weight with one huge row -> per channel
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 128, generator=g) * 0.01
+    w[0] *= 500
+    per_tensor = lb.Scheme.parse("int8")
+    s_w = sqnr_db(w, lb.quantize(w, per_tensor).dequantize())
+    fix = suggest_fix(w2d=w, weight=per_tensor, weight_clip="minmax", act=None, act_mode=None,
+                      sqnr_out=s_w, sqnr_w_only=s_w, sqnr_weight=s_w, target_db=s_w + 5,
+                      act_saturated=0, act_channel_ratio=None)
+    assert fix.rule["weight"] == "int8:channel" and fix.predicted_sqnr_db >= s_w + 5
+    # the candidates are all finer than the scheme they start from
+    cands = [str(s) for s, _ in weight_candidates(lb.Scheme.parse("int4:g128"), 384)]
+    assert "int4:g64" in cands and "int4:g32" in cands and "int8:channel" in cands
+    assert "int4:g256" not in cands

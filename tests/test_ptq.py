@@ -37,8 +37,12 @@ def test_a8w8_replaces_linears_and_stays_close():
     model = _tiny()
     ref = copy.deepcopy(model)
     ids = _batches(1)[0]
-    quantize_model(model, "a8w8", progress=False)
+    with pytest.warns(UserWarning, match="SmoothQuant skipped"):
+        quantize_model(model, "a8w8", progress=False)  # no data: no smoothing, still works
     assert isinstance(model.fc1, QuantLinear) and isinstance(model.fc2, QuantLinear)
+    assert model.fc1.input_scale is None
+    smoothed = quantize_model(copy.deepcopy(ref), "a8w8", calib_data=_batches(), progress=False)
+    assert smoothed.fc1.input_scale is not None
     cos = torch.nn.functional.cosine_similarity(model(ids).flatten(), ref(ids).flatten(), 0)
     assert cos > 0.999
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from glob import escape
 
 import torch
 
@@ -149,3 +150,16 @@ def suggest_fix(*, w2d: torch.Tensor | None, weight: Scheme | None, weight_clip:
     clip_txt = ", MSE clip" if clip == "mse" else ""
     return Fix(f"weight {weight} -> {cand}{clip_txt} (weight SQNR {sqnr_weight:.1f} -> "
                f"{s:.1f} dB, predicted output {pred:.1f} dB)", rule, pred)
+
+
+def merged_rule(name: str, rule, change: dict) -> dict:
+    """The layer's current rule with ``change`` applied, as a recipe-rule table."""
+    if "keep" in change:
+        return {"pattern": escape(name), **change}
+    base = {} if rule is None else {k: v for k, v in rule.to_dict().items()
+                                    if k not in ("pattern", "types")}
+    base.update(change)
+    if base.get("act") is None:
+        for k in ("act", "act_mode", "observer"):
+            base.pop(k, None)
+    return {"pattern": escape(name), **base}

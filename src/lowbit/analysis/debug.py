@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ..nn import KeepPrecision, QuantConv2d, QuantEmbedding, QuantLinear
 from ..quant import QParams, QTensor, fake_quantize
-from .advice import suggest_fix
+from .advice import merged_rule, suggest_fix
 from .stats import ErrorStats, RunningStats, outlier_stats
 
 __all__ = [
@@ -253,7 +253,7 @@ class _Probe:
                 sqnr_w_only=None if w_only is None else w_only["sqnr_db"],
                 sqnr_weight=w_err.sqnr_db if w_err.n else None, target_db=min_sqnr_db,
                 act_saturated=len(a_sat), act_channel_ratio=ratio)
-            fix_text, fix_rule = fix.text, _merge_rule(self.name, rule, fix.rule)
+            fix_text, fix_rule = fix.text, merged_rule(self.name, rule, fix.rule)
         try:
             backend = str(self.qmod.backend)
         except Exception as e:  # noqa: BLE001 - a report should not die on a kernel query
@@ -272,21 +272,6 @@ class _Probe:
             plots={"weight": w_plot, "act": a_plot})
 
 
-def _merge_rule(name: str, rule, change: dict) -> dict:
-    """The layer's current rule with ``change`` applied, as a recipe-rule table."""
-    from glob import escape
-
-    if "keep" in change:
-        return {"pattern": escape(name), **change}
-    base = {} if rule is None else {k: v for k, v in rule.to_dict().items()
-                                    if k not in ("pattern", "types")}
-    base.update(change)
-    if base.get("act") is None:
-        for k in ("act", "act_mode", "observer"):
-            base.pop(k, None)
-    return {"pattern": escape(name), **base}
-
-
 @dataclass
 class DebugReport:
     """Per-layer records plus the model-level output error; print, save as JSON or HTML."""
@@ -295,6 +280,21 @@ class DebugReport:
     model_output_error: dict
     recipe: str
     settings: dict
+    base_recipe: object = field(default=None, repr=False)   # the Recipe, when known
+
+    def fixed_recipe(self):
+        """The recipe with every flagged layer's suggested rule put first (one rule per
+        layer, by exact name), for ``quantize_model`` or ``Recipe.save``."""
+        from ..recipes import Recipe, Rule
+
+        if self.base_recipe is None:
+            raise ValueError("this report was made from a quantized model without a recipe; "
+                             "pass a recipe to debug() to get a fixed one")
+        fixes = tuple(Rule.from_dict(r.suggested_rule, f"fix for {r.name}")
+                      for r in self.records if r.needs_requantization and r.suggested_rule)
+        return Recipe(fixes + self.base_recipe.rules, name=f"{self.base_recipe.name}-fixed",
+                      description=f"{self.base_recipe.name} with lowbit debug's {len(fixes)} "
+                                  "per-layer fixes first")
 
     def worst(self, n: int = 5) -> list[LayerRecord]:
         """The ``n`` layers with the lowest output SQNR."""
@@ -398,5 +398,5 @@ def debug(float_model: torch.nn.Module, quantized_model_or_recipe, data, *,
     settings = {"k_sigma": k_sigma, "clip_threshold": clip_threshold, "min_sqnr_db": min_sqnr_db,
                 "batches": len(batches), "bins": bins}
     return DebugReport(records, model_err.to_dict(),
-                       "custom" if recipe is None else recipe.name, settings)
+                       "custom" if recipe is None else recipe.name, settings, recipe)
 

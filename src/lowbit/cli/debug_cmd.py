@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--top", type=int, default=None, help="show only the N worst layers")
     p.add_argument("--html", default=None, help="write the HTML report here")
     p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--fixed-recipe", default=None, metavar="FILE",
+                   help="write the recipe with every suggested per-layer fix applied "
+                        "(.toml/.json/.yaml), for lowbit quantize --recipe FILE")
     p.add_argument("--sensitivity", default=None, metavar="HTML",
                    help="also measure each layer's sensitivity (quantized alone / left in "
                         "float alone; mean cosine of sentence embeddings to FP32) and write "
@@ -51,6 +54,10 @@ def run(args) -> int:
     if args.json:
         report.to_json(args.json)
         console.print(f"JSON report: [bold]{args.json}[/]")
+    if args.fixed_recipe:
+        report.fixed_recipe().save(args.fixed_recipe)
+        console.print(f"Recipe with the fixes: [bold]{args.fixed_recipe}[/] "
+                      f"(lowbit quantize --recipe {args.fixed_recipe})")
     if args.sensitivity:
         from ..analysis import sensitivity
         from ..models import compare

@@ -51,6 +51,7 @@ def _register_all():
         rounds_output=True)
     reg("float", "int4", "cpu.w4.dequant", cpu_int4.dequant_linear, cpu_int4.dequant_supports,
         rounds_output=True)
+    reg("int8", "int8", "cpu.a8w8", cpu_int8.a8w8_linear, cpu_int8.a8w8_supports)
     reg("int8", "int8", "cpu.int8.int_mm", cpu_int8.int_mm_linear, cpu_int8.int_mm_supports)
     a8w4 = Impl("cpu.a8w4", cpu_int4.a8w4_linear, cpu_int4.a8w4_supports)
     reg("int8", "int4", a8w4.name, a8w4.fn, a8w4.supports)
@@ -69,7 +70,8 @@ _register_all()
 
 
 def _name(impl: Impl) -> str:
-    return cpu_int4.a8w4_name() if impl.name == "cpu.a8w4" else impl.name
+    names = {"cpu.a8w4": cpu_int4.a8w4_name, "cpu.a8w8": cpu_int8.a8w8_name}
+    return names[impl.name]() if impl.name in names else impl.name
 
 
 # -- the API -----------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def backend(a, b, bias=None, *, act=None, out_dtype=None, rounding="nearest_even
             op: str = "matmul") -> str:
     """Name of the implementation ``matmul(a, b)`` (``op="matmul"``) or ``linear(a, b, bias,
     act=...)`` (``op="linear"``, implied when b is a PackedWeight) would run, e.g.
-    ``cpu.int8.int_mm``, ``cpu.a8w4.avx512_vnni``, ``reference``, ``emulated``."""
+    ``cpu.a8w8.avx512_vnni``, ``cpu.int8.int_mm``, ``cpu.a8w4.avx512_vnni``, ``reference``, ``emulated``."""
     if op not in ("matmul", "linear"):
         raise ValueError(f"op: 'matmul' or 'linear'; got {op!r}")
     if op == "linear" or isinstance(b, PackedWeight):

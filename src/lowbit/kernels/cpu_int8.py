@@ -1,5 +1,8 @@
-"""Fast int8 CPU path built on torch's kernels: A8W8.
+"""Fast int8 CPU paths: A8W8.
 
+``cpu.a8w8.<isa>``   the native C kernel of :mod:`lowbit.kernels.native.a8w8` (quantization,
+                     VNNI GEMM and epilogue fused; runs where isa is avx512_vnni) for
+                     dynamic int8:token or symmetric int8 activation codes.
 ``cpu.int8.int_mm``  ``torch._int_mm`` (oneDNN/MKL s8 x s8 -> s32) and a torch epilogue.
 
 What the A8W8 paths compute (identical to :func:`reference.integer_reference` bit for bit,
@@ -21,10 +24,12 @@ from torch import Tensor
 
 from ..formats import IntFormat
 from ..quant import PerChannel, PerGroup, PerTensor, PerToken, QTensor
+from .cpu_int4 import native_module
 from .problem import Problem
 from .reference import INT32_MAX
 
-__all__ = ["a8w8_accumulators", "int_mm_linear", "int_mm_supports", "quantize_rows"]
+__all__ = ["a8w8_accumulators", "a8w8_linear", "a8w8_name", "a8w8_supports", "int_mm_linear",
+           "int_mm_supports", "native_accumulators", "quantize_rows"]
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -120,3 +125,59 @@ def int_mm_linear(p: Problem) -> Tensor:
     y = torch.mul(_int_mm_acc(p, a, ca), _weight_scale(p))  # float(acc) * sw[n], one pass
     y.mul_(sx)  # then * sx[m], in place
     return y if p.bias is None else y.add_(p.bias.float())
+
+
+# -- the native kernel -------------------------------------------------------------------------
+
+def _native_a8w8():
+    """The native module when its A8W8 VNNI path runs here (slower paths lose to int_mm)."""
+    mod = native_module()
+    return mod if mod is not None and mod.a8w8_isa() == "avx512_vnni" else None
+
+
+def a8w8_name() -> str:
+    mod = native_module()
+    return f"cpu.a8w8.{mod.a8w8_isa()}" if mod is not None else "cpu.a8w8.native"
+
+
+def _native_form(p: Problem) -> str | None:
+    """"dynamic", "codes" (signed symmetric int8 codes, no zero point) or None."""
+    form = _act_form(p)
+    if form == "codes":
+        s = p.act_scheme
+        if not (s.format.signed and s.symmetric) or p.xq.zero_point is not None \
+                or p.xq.scale.numel() not in (1, p.m):
+            return None
+    return form
+
+
+def a8w8_supports(p: Problem) -> bool:
+    return int_mm_supports(p) and _native_form(p) is not None and _native_a8w8() is not None
+
+
+def _pack(w: QTensor):
+    return native_module().pack_a8w8(w.codes.view(torch.int8), w.scale.float())
+
+
+def _native_run(p: Problem, want_acc: bool) -> Tensor:
+    mod = native_module()
+    packed = p.w.form("cpu.a8w8", _pack)
+    bias = None if p.bias is None or want_acc else p.bias.float()
+    if _native_form(p) == "dynamic":
+        x = p.x.float()
+        if want_acc:
+            return mod.a8w8_accumulators(x, packed)
+        return mod.a8w8_linear(x, packed, bias)
+    a, _, sx = _activation(p)
+    if want_acc:
+        return mod.a8w8_accumulators(None, packed, codes=(a, sx))
+    return mod.a8w8_linear_codes(a, sx, packed, bias)
+
+
+def a8w8_linear(p: Problem) -> Tensor:
+    return _native_run(p, False)
+
+
+def native_accumulators(p: Problem) -> Tensor:
+    """The exact int32 accumulator [M, N] of the ``cpu.a8w8`` path (test hook)."""
+    return _native_run(p, True)

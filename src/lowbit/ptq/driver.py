@@ -8,6 +8,7 @@ into the model happens at the end, when nothing can fail any more.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -110,6 +111,11 @@ def _calibrate(model, plan, calib_data, progress: Progress) -> tuple[dict, dict]
     smooth = {n: r for n, r in plan.items()
               if r.smooth is not None and isinstance(modules[n], torch.nn.Linear)}
     static = {n: r for n, r in plan.items() if r.act is not None and r.act_mode == "static"}
+    if smooth and calib_data is None and not static:
+        warnings.warn(f"SmoothQuant skipped for {len(smooth)} layers: it measures activation "
+                      "channels on calibration data; pass calib_data=batches to apply it",
+                      UserWarning, stacklevel=3)
+        smooth = {}
     if not smooth and not static:
         return {}, {}
     what = f"{len(static)} modules have static activations and {len(smooth)} are smoothed"

@@ -131,10 +131,17 @@ def mx_decode(codes, scale, micro, scheme: Scheme) -> torch.Tensor:
     return _decode_elements(codes, scheme.format) * multiplier(scale, micro, None, scheme)
 
 
+# Tensor scales below this would make 1 / ts overflow float32 in nvfp4_encode; a tensor
+# that small (amax < ~2^-110) gets this scale and its blocks round to zero or tiny codes.
+NVFP4_MIN_TENSOR_SCALE = 2.0**-120
+
+
 def nvfp4_tensor_scale(x: torch.Tensor) -> torch.Tensor:
-    """The fp32 tensor scale amax / (448 * 6) (1.0 for an all-zero tensor)."""
+    """The fp32 tensor scale amax / (448 * 6) (1.0 for an all-zero tensor; at least
+    ``NVFP4_MIN_TENSOR_SCALE`` so its reciprocal stays finite)."""
     amax = x.abs().amax().float()
-    return torch.where(amax > 0, amax / (_E4M3_MAX * 6.0), 1.0)
+    ts = torch.where(amax > 0, amax / (_E4M3_MAX * 6.0), 1.0)
+    return ts.clamp(min=NVFP4_MIN_TENSOR_SCALE)
 
 
 def nvfp4_encode(x: torch.Tensor, scheme: Scheme, tensor_scale: torch.Tensor | None = None):
@@ -144,7 +151,10 @@ def nvfp4_encode(x: torch.Tensor, scheme: Scheme, tensor_scale: torch.Tensor | N
     Returns (codes uint8 [..., K], e4m3 scale codes uint8 [..., K/16], tensor scale fp32).
     """
     fmt, block = scheme.format, scheme.granularity.size
-    ts = nvfp4_tensor_scale(x) if tensor_scale is None else tensor_scale.float().reshape(())
+    if tensor_scale is None:
+        ts = nvfp4_tensor_scale(x)
+    else:
+        ts = tensor_scale.float().reshape(()).clamp(min=NVFP4_MIN_TENSOR_SCALE)
     xb = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
     block_scale = xb.abs().amax(-1) / fmt.max
     s8 = torch.clamp(block_scale / ts, min=_E4M3_TINY, max=_E4M3_MAX).to(torch.float8_e4m3fn)

@@ -44,8 +44,9 @@ PRESETS: dict[str, dict] = {
                       smooth=0.8),
     },
     "a8w8": {
-        "description": "dynamic per-token int8 activations, int8 per-channel weights",
-        "rules": _all("int8:channel", "int8:token", _MATMUL),
+        "description": "dynamic per-token int8 activations, int8 per-channel weights; "
+                       "SmoothQuant (alpha 0.5) when calibration data is given",
+        "rules": _all("int8:channel", "int8:token", _MATMUL, smooth=0.5),
     },
     "a8w4": {
         "description": "dynamic per-token int8 activations, int4 weights in groups of 128 "

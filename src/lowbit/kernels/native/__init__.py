@@ -28,7 +28,8 @@ Usage::
     pw = pack_a8w4(packed_u8, scales, zeros=None, group_size=128)   # once, at load
     y = a8w4_linear(x, pw, bias)
 
-The weight layout is described in :mod:`lowbit.kernels.native._layout`.
+The weight layout is described in :mod:`lowbit.kernels.native._layout`. The A8W8 kernel
+(int8 x int8 per channel, same pool and ISA detection) is :mod:`.a8w8`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ from torch import Tensor
 
 from . import _build
 from ._layout import PackedA8W4, pack_a8w4, unpack_a8w4
+from .a8w8 import (
+    PackedA8W8,
+    a8w8_accumulators,
+    a8w8_isa,
+    a8w8_linear,
+    a8w8_linear_codes,
+    pack_a8w8,
+    reference_a8w8_linear,
+    unpack_a8w8,
+)
 from ._reference import (
     quantize_activations,
     reference_a8w4_accumulators,
@@ -49,18 +60,26 @@ from ._reference import (
 
 __all__ = [
     "PackedA8W4",
+    "PackedA8W8",
     "a8w4_accumulators",
     "a8w4_linear",
+    "a8w8_accumulators",
+    "a8w8_isa",
+    "a8w8_linear",
+    "a8w8_linear_codes",
     "available",
     "get_num_threads",
     "isa",
     "pack_a8w4",
+    "pack_a8w8",
     "quantize_activations",
     "reference_a8w4_accumulators",
     "reference_a8w4_linear",
+    "reference_a8w8_linear",
     "set_num_threads",
     "supported_isas",
     "unpack_a8w4",
+    "unpack_a8w8",
 ]
 
 log = logging.getLogger("lowbit.kernels")

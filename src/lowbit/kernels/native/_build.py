@@ -32,7 +32,8 @@ from pathlib import Path
 log = logging.getLogger("lowbit.kernels")
 
 ISA_NAMES = ("scalar", "avx2", "avx512_vnni")  # index = level reported by the C code
-_SOURCES = ("a8w4.c",)
+_SOURCES = ("common.c", "a8w4.c", "a8w8.c")
+_HEADERS = ("common.h",)  # hashed into the cache key, not compiled
 _FLAGS = (
     "-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
     # Bit-exactness: no fused multiply-add contraction of t + acc * s.
@@ -74,7 +75,7 @@ def _build() -> Path | None:
     h = hashlib.sha256()
     for part in (*cc, version, platform.machine(), *_FLAGS):
         h.update(part.encode() + b"\0")
-    for src in sources:
+    for src in (*sources, *(here / s for s in _HEADERS)):
         h.update(src.read_bytes())
     key = h.hexdigest()[:20]
     # the cache, else a per-user temporary folder (read-only home, sandboxed CI)
@@ -120,6 +121,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lowbit_a8w4_linear.argtypes = [p, i64, i32, i32, p, p, p, i32, i32, i32, i32, p, p,
                                        p, i32, i32]
     lib.lowbit_a8w4_linear.restype = i32
+    lib.lowbit_a8w8_linear.argtypes = [p, p, p, i64, i32, i32, p, p, i32, p, p, p, i32, i32]
+    lib.lowbit_a8w8_linear.restype = i32
 
 
 def library() -> ctypes.CDLL | None:

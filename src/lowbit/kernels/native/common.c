@@ -22,7 +22,6 @@ LB_API int lowbit_a8w4_cpu_level(void) {
     return 0;
 }
 
-LB_API void lowbit_a8w4_set_spin_us(int us) { atomic_store(&spin_us, us < 0 ? 0 : us); }
 
 /* ------------------------------------------------------------------------------ */
 /* tiny persistent thread pool. A job is a function that grabs chunks of work from an
@@ -116,3 +115,5 @@ void lb_pool_run(task_fn fn, void *arg, int nth) {
     }
     pthread_mutex_unlock(&call_mu);
 }
+
+LB_API void lowbit_a8w4_set_spin_us(int us) { atomic_store(&spin_us, us < 0 ? 0 : us); }

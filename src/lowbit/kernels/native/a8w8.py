@@ -1,0 +1,220 @@
+"""Native CPU A8W8 GEMM: int8 per-token activations x int8 per-channel weights.
+
+``y = x @ W.T (+ bias)`` for fp32 x [M, K] and a symmetric int8 weight W [N, K] with one
+fp32 scale per output channel (or one per tensor), the activation quantization fused in.
+The contract is lowbit's ``cpu.int8.int_mm`` / reference path, bit for bit::
+
+    s_x[m] = amax|x[m, :]| / 127, at least FLT_MIN; 1 for an all-zero row
+    qx     = round_half_even(x / s_x)       (x divided; |x / s_x| < 127.5, no clamp)
+    acc    = sum_k qx[m, k] * w[n, k]                              int32, exact
+    y      = ((float)acc * s_w[n]) * s_x[m]  then  + bias[n]       fp32, no FMA
+
+That is ``lb.quantize(x, "int8:token")`` for the activations. Given int8 codes with a
+scale per row (or one per tensor, static quantization) skip the first two lines
+(:func:`a8w8_linear_codes`).
+
+Example (one row, one output, K = 2): x = [127, 2.5] -> s_x = 1, qx = [127, 2] (2.5 ties
+to even); w = [3, -1] with s_w = 0.5 -> acc = 379, y = 189.5.
+
+Paths (``isa()``): ``avx512_vnni`` (vpdpbusd on offset-binary weights, see a8w8.c),
+``scalar`` (portable C; what an AVX2-only CPU runs), ``reference`` (pure torch, when
+no native library: no compiler or ``LOWBIT_NATIVE=0``). ``LOWBIT_NATIVE_ISA`` and
+``LOWBIT_NUM_THREADS`` work as for the A8W4 kernel.
+
+Weight layout (:func:`pack_a8w8`, once per weight): N padded to blocks of 16 columns, K
+to Kp (a multiple of 4), codes stored as ``u = w + 128`` (uint8), per block and quad of
+4 k's 64 bytes, byte ``4*j + i`` = u[16b + j, 4o + i]; padding u = 128 (w = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import _build
+
+__all__ = ["MAX_K", "PackedA8W8", "a8w8_accumulators", "a8w8_isa", "a8w8_linear", "a8w8_linear_codes",
+           "pack_a8w8", "reference_a8w8_linear", "unpack_a8w8"]
+
+_TINY = torch.finfo(torch.float32).tiny
+_LEVELS = {"avx512_vnni": 2, "scalar": 0, "reference": -1}
+# The true int32 accumulator must fit: K * 128 * 127 <= 2^31 - 1.
+MAX_K = (2**31 - 1) // (128 * 127)
+
+
+@dataclass(frozen=True)
+class PackedA8W8:
+    """An int8 weight [N, K] repacked for the native A8W8 kernel (see module docstring).
+
+    Attributes:
+        data: uint8 [NB, Kp/4, 64], offset-binary codes.  scales: fp32 [NB * 16] (0 in
+        padded columns).  out_features: N.  in_features: K.
+    """
+
+    data: Tensor
+    scales: Tensor
+    out_features: int
+    in_features: int
+
+    @property
+    def padded_in_features(self) -> int:
+        return self.data.shape[1] * 4
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: codes and scales, padding included."""
+        return self.data.numel() + self.scales.numel() * 4
+
+
+def pack_a8w8(codes: Tensor, scales: Tensor) -> PackedA8W8:
+    """Repack int8 codes [N, K] with scales (fp32, N values or one) once, at load time.
+
+    Raises:
+        TypeError / ValueError naming the argument on a wrong dtype or shape, or when
+        K > MAX_K (132,104: the int32 accumulator could overflow).
+    """
+    if not isinstance(codes, Tensor) or codes.dim() != 2 or codes.dtype != torch.int8:
+        raise TypeError(f"codes: expected an int8 tensor [N, K]; got "
+                        f"{getattr(codes, 'dtype', type(codes).__name__)} "
+                        f"{list(getattr(codes, 'shape', []))}")
+    n, k = codes.shape
+    if k < 1 or n < 1:
+        raise ValueError(f"codes: N and K must be positive; got {[n, k]}")
+    if k > MAX_K:
+        raise ValueError(f"codes: K={k} exceeds {MAX_K}; the int32 accumulator could overflow")
+    if not isinstance(scales, Tensor) or scales.numel() not in (1, n):
+        raise ValueError(f"scales: expected {n} per-channel scales or one per-tensor scale; "
+                         f"got {list(getattr(scales, 'shape', []))}")
+    nb, kp = (n + 15) // 16, (k + 3) // 4 * 4
+    u = torch.full((nb * 16, kp), 128, dtype=torch.uint8)
+    u[:n, :k] = codes.view(torch.uint8) ^ 0x80
+    data = u.view(nb, 16, kp // 4, 4).permute(0, 2, 1, 3).reshape(nb, kp // 4, 64).contiguous()
+    sc = torch.zeros(nb * 16, dtype=torch.float32)
+    sc[:n] = scales.float().reshape(-1).expand(n)
+    return PackedA8W8(data, sc, n, k)
+
+
+def unpack_a8w8(pw: PackedA8W8) -> tuple[Tensor, Tensor]:
+    """Exact inverse of :func:`pack_a8w8`: (codes int8 [N, K], scales fp32 [N])."""
+    nb, nq = pw.data.shape[0], pw.data.shape[1]
+    u = pw.data.view(nb, nq, 16, 4).permute(0, 2, 1, 3).reshape(nb * 16, nq * 4)
+    codes = (u[:pw.out_features, :pw.in_features] ^ 0x80).view(torch.int8).contiguous()
+    return codes, pw.scales[:pw.out_features].clone()
+
+
+def reference_a8w8_linear(x: Tensor, pw: PackedA8W8, bias: Tensor | None = None, *,
+                          codes: tuple[Tensor, Tensor] | None = None,
+                          want_acc: bool = False) -> Tensor:
+    """The contract in torch (fp32 [M, N], or the int32 accumulators if ``want_acc``).
+    ``codes=(qx int8 [M, K], sx fp32 [M])`` replaces the quantization of ``x``."""
+    if codes is None:
+        amax = x.abs().amax(dim=1, keepdim=True)
+        sx = torch.where(amax > 0, (amax / 127).clamp(min=_TINY), 1.0)
+        qx = torch.round(x / sx)
+    else:
+        qx, sx = codes[0].to(torch.float64), codes[1].reshape(-1, 1)
+    w, sw = unpack_a8w8(pw)
+    acc = (qx.double() @ w.double().T).to(torch.int32)  # exact: |sums| < 2^53
+    if want_acc:
+        return acc
+    y = (acc.float() * sw) * sx
+    return y if bias is None else y + bias
+
+
+def a8w8_isa() -> str:
+    """The best path here: "avx512_vnni", "scalar" or "reference"."""
+    from . import _cpu_level
+
+    level = _cpu_level()
+    return "avx512_vnni" if level >= 2 else ("scalar" if level >= 0 else "reference")
+
+
+def _level(isa: str | None) -> int:
+    best = _LEVELS[a8w8_isa()]
+    if isa is None:
+        return best
+    if isa not in _LEVELS:
+        raise ValueError(f"isa: expected one of {list(_LEVELS)}, got {isa!r}")
+    if _LEVELS[isa] > best:
+        raise ValueError(f"isa: {isa!r} is not available here (best: {a8w8_isa()!r})")
+    return _LEVELS[isa]
+
+
+def _check(pw: PackedA8W8, bias: Tensor | None, k: int) -> None:
+    if type(pw) is not PackedA8W8:
+        raise TypeError(f"weight: expected PackedA8W8 from pack_a8w8, got {type(pw).__name__}")
+    if k != pw.in_features:
+        raise ValueError(f"x: last dimension must be in_features K={pw.in_features}, got {k}")
+    if bias is not None and (not isinstance(bias, Tensor) or bias.dtype != torch.float32
+                             or tuple(bias.shape) != (pw.out_features,)):
+        raise ValueError(f"bias: expected fp32 [{pw.out_features}]")
+
+
+def _native(pw, x2, codes, bias, level, want_acc):
+    from . import get_num_threads
+
+    m, n = (x2 if x2 is not None else codes[0]).shape[0], pw.out_features
+    y = torch.empty(m, n, dtype=torch.float32)
+    acc = torch.empty(m, n, dtype=torch.int32) if want_acc else None
+    if m == 0:
+        return acc if want_acc else y
+    if bias is not None:
+        bias = bias.contiguous()
+    qx, sx = codes if codes is not None else (None, None)
+    rc = _build.library().lowbit_a8w8_linear(
+        None if x2 is None else x2.data_ptr(), None if qx is None else qx.data_ptr(),
+        None if sx is None else sx.data_ptr(), m, pw.in_features, pw.padded_in_features,
+        pw.data.data_ptr(), pw.scales.data_ptr(), n,
+        None if bias is None else bias.data_ptr(), y.data_ptr(),
+        None if acc is None else acc.data_ptr(), level, get_num_threads())
+    if rc == -1:
+        raise MemoryError("a8w8_linear: native kernel could not allocate its work buffers")
+    if rc != 0:
+        raise RuntimeError(f"a8w8_linear: native kernel rejected its arguments (code {rc})")
+    return acc if want_acc else y
+
+
+def _run(x, pw, bias, isa, codes, want_acc):
+    level = _level(isa)
+    if codes is None:
+        if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.dim() < 1:
+            raise TypeError(f"x: expected a torch.float32 tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        _check(pw, bias, x.shape[-1])
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, pw.in_features).contiguous()
+    else:
+        qx, sx = codes
+        if qx.dtype != torch.int8 or qx.dim() != 2:
+            raise TypeError(f"qx: expected int8 codes [M, K], got {qx.dtype} {list(qx.shape)}")
+        _check(pw, bias, qx.shape[1])
+        lead, x2 = qx.shape[:1], None
+        sx = sx.float().reshape(-1).expand(qx.shape[0]).contiguous()
+        codes = (qx.contiguous(), sx)
+    if level < 0:
+        y = reference_a8w8_linear(x2, pw, bias, codes=codes, want_acc=want_acc)
+    else:
+        y = _native(pw, x2, codes, bias, level, want_acc)
+    return y.reshape(*lead, pw.out_features)
+
+
+def a8w8_linear(x: Tensor, weight: PackedA8W8, bias: Tensor | None = None, *,
+                isa: str | None = None) -> Tensor:
+    """y = x @ W.T (+ bias), x fp32 [..., K] quantized per row on the fly -> fp32 [..., N].
+    ``isa`` forces a path ("avx512_vnni", "scalar", "reference"); all agree bit for bit."""
+    return _run(x, weight, bias, isa, None, False)
+
+
+def a8w8_linear_codes(qx: Tensor, sx: Tensor, weight: PackedA8W8, bias: Tensor | None = None,
+                      *, isa: str | None = None) -> Tensor:
+    """y for given symmetric int8 activation codes qx [M, K] and scales sx (M or one)."""
+    return _run(None, weight, bias, isa, (qx, sx), False)
+
+
+def a8w8_accumulators(x: Tensor, weight: PackedA8W8, *, isa: str | None = None,
+                      codes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Test hook: the exact int32 accumulators acc [M, N] the kernel computes (from x, or
+    from ``codes=(qx, sx)``)."""
+    return _run(x, weight, None, isa, codes, True)

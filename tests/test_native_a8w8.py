@@ -1,0 +1,151 @@
+"""The native A8W8 kernel (lowbit.kernels.native.a8w8) against lowbit's reference GEMM.
+
+Oracle: :func:`lowbit.kernels.reference.integer_reference` / ``reference.accumulators`` on
+the same Problem (activations quantized by ``lb.quantize``): int32 accumulators and fp32
+outputs must match bit for bit on every path that runs here (avx512_vnni, scalar, torch).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lowbit as lb
+import lowbit.kernels as K
+from lowbit.kernels import cpu_int8, reference
+from lowbit.kernels import native as nat
+from lowbit.kernels.native.a8w8 import MAX_K
+from lowbit.kernels.problem import Problem
+
+_ORDER = ("avx512_vnni", "scalar", "reference")
+ISAS = list(_ORDER[_ORDER.index(nat.a8w8_isa()):])
+VNNI = nat.a8w8_isa() == "avx512_vnni"
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g)
+
+
+def _problem(m, k, n, wscheme="int8:channel", act="int8:token", bias=True, seed=0):
+    x = _rand(m, k, seed=seed) * 3
+    if m > 2:
+        x[1] = 0  # all-zero row: scale 1
+        x[2, :] = 0
+        x[2, 5] = -1e-37  # amax / 127 below FLT_MIN: the scale is clamped to it
+    w = lb.quantize(_rand(n, k, seed=seed + 1), wscheme)
+    b = _rand(n, seed=seed + 2) if bias else None
+    return Problem(x, K.prepare(w, act), b)
+
+
+def _packed(p):
+    w = p.w.weight
+    return nat.pack_a8w8(w.codes.view(torch.int8), w.scale.float())
+
+
+SHAPES = [(1, 64, 33), (2, 64, 17), (15, 100, 31), (16, 4096, 33), (17, 66, 47),
+          (64, 4100, 19), (257, 1028, 35)]
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("wscheme", ["int8:channel", "int8"])
+def test_every_path_is_bit_exact_with_the_reference(m, k, n, wscheme):
+    p = _problem(m, k, n, wscheme, bias=(m % 2 == 1))
+    acc, _, _, _ = reference.accumulators(p.xq, p.w.weight)
+    want = reference.integer_reference(p)
+    pw = _packed(p)
+    for isa in ISAS:
+        assert torch.equal(nat.a8w8_accumulators(p.x, pw, isa=isa), acc[:, :, 0]), isa
+        assert torch.equal(nat.a8w8_linear(p.x, pw, p.bias, isa=isa), want), isa
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 64, 33), (17, 4096, 31), (257, 100, 17)])
+def test_registry_runs_it_first_and_matches_int_mm(m, k, n):
+    p = _problem(m, k, n)
+    name = K.backend(p.x, p.w, p.bias)
+    assert name == (cpu_int8.a8w8_name() if VNNI else "cpu.int8.int_mm")
+    y = K.linear(p.x, p.w, p.bias)
+    assert torch.equal(y, reference.integer_reference(p))
+    assert torch.equal(y, cpu_int8.int_mm_linear(p))
+    if VNNI:
+        assert torch.equal(cpu_int8.native_accumulators(p), cpu_int8.a8w8_accumulators(p))
+        assert "cpu.a8w8" in repr(p.w)  # packed once, kept on the PackedWeight
+
+
+_STATIC = ("int8", lb.QParams(torch.tensor(0.03)))
+
+
+@pytest.mark.parametrize("act", ["int8:token", _STATIC], ids=["dynamic", "static"])
+def test_given_codes_and_static_activations(act):
+    p = _problem(33, 200, 21, act=act)
+    assert torch.equal(K.linear(p.x, p.w, p.bias), reference.integer_reference(p))
+    qx = p.xq.int_values().reshape(p.m, p.k)
+    pw = _packed(p)
+    for isa in ISAS:
+        y = nat.a8w8_linear_codes(qx, p.xq.scale, pw, p.bias, isa=isa)
+        assert torch.equal(y, reference.integer_reference(p)), isa
+    xq = lb.quantize(_rand(2, 3, 64), "int8:token")  # a QTensor with leading dims
+    w = lb.quantize(_rand(5, 64, seed=1), "int8:channel")
+    y = K.linear(xq, w)
+    assert y.shape == (2, 3, 5)
+    assert torch.equal(y.reshape(6, 5), reference.integer_reference(Problem(xq, K.prepare(w))))
+
+
+def test_asymmetric_activations_stay_on_int_mm():
+    act = ("uint8:asym", lb.QParams(torch.tensor(0.025), torch.tensor(131, dtype=torch.int32)))
+    p = _problem(5, 64, 9, act=act)
+    assert K.backend(p.x, p.w, p.bias) == "cpu.int8.int_mm"
+
+
+def test_worked_example_and_extreme_accumulators():
+    pw = nat.pack_a8w8(torch.tensor([[3, -1]], dtype=torch.int8), torch.tensor([0.5]))
+    for isa in ISAS:  # x = [127, 2.5]: s_x = 1, qx = [127, 2] (tie to even), acc = 379
+        assert nat.a8w8_linear(torch.tensor([[127.0, 2.5]]), pw, isa=isa).item() == 189.5
+    k = MAX_K  # every product -128 * 127: acc = -128 * 127 * K, the int32 bound
+    pw = nat.pack_a8w8(torch.full((3, k), -128, dtype=torch.int8), torch.ones(3))
+    for isa in ISAS:
+        acc = nat.a8w8_accumulators(torch.ones(2, k), pw, isa=isa)
+        assert torch.equal(acc, torch.full((2, 3), -128 * 127 * k, dtype=torch.int32)), isa
+
+
+def test_pack_roundtrip_and_errors():
+    codes = torch.randint(-128, 128, (19, 10), dtype=torch.int8)
+    scales = torch.rand(19)
+    pw = nat.pack_a8w8(codes, scales)
+    back, s = nat.unpack_a8w8(pw)
+    assert torch.equal(back, codes) and torch.equal(s, scales)
+    assert pw.data.shape == (2, 3, 64) and pw.nbytes == 2 * 3 * 64 + 32 * 4
+    with pytest.raises(TypeError, match="codes"):
+        nat.pack_a8w8(codes.float(), scales)
+    with pytest.raises(ValueError, match="scales"):
+        nat.pack_a8w8(codes, torch.rand(3))
+    with pytest.raises(ValueError, match="K=132105"):
+        nat.pack_a8w8(torch.zeros(1, MAX_K + 1, dtype=torch.int8), torch.ones(1))
+    with pytest.raises(ValueError, match="in_features K=10"):
+        nat.a8w8_linear(torch.randn(2, 11), pw)
+    with pytest.raises(ValueError, match="isa"):
+        nat.a8w8_linear(torch.randn(2, 10), pw, isa="avx2")
+
+
+def test_fallback_without_the_native_library():
+    code = (
+        "import torch, lowbit as lb, lowbit.kernels as K\n"
+        "from lowbit.kernels import native as nat, reference\n"
+        "from lowbit.kernels.problem import Problem\n"
+        "x, w = torch.randn(3, 64), lb.quantize(torch.randn(5, 64), 'int8:channel')\n"
+        "pw = K.prepare(w, 'int8:token')\n"
+        "assert nat.a8w8_isa() == 'reference', nat.a8w8_isa()\n"
+        "assert K.backend(x, pw) == 'cpu.int8.int_mm', K.backend(x, pw)\n"
+        "assert torch.equal(K.linear(x, pw), reference.integer_reference(Problem(x, pw)))\n"
+        "p = nat.pack_a8w8(w.codes.view(torch.int8), w.scale)\n"
+        "assert torch.equal(nat.a8w8_linear(x, p), K.linear(x, pw))\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "LOWBIT_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
