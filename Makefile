@@ -15,14 +15,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[all]'
 	touch $@
 
+# The main job: quantize the bundled MiniLM with the default recipe (a8w4), measure it
+# against FP32 in the same process, and save it under out/.
 demo: $(STAMP)
-	$(VENV)/bin/lowbit formats
+	$(VENV)/bin/lowbit quantize
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(PY) benchmarks/quantize.py
+	$(PY) benchmarks/calibration.py
+	$(PY) benchmarks/gemm.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

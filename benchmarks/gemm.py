@@ -151,7 +151,8 @@ def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 *
         copies = 1 if mode == "hot" else max(2, math.ceil(cold_bytes / nbytes))
         ws = [w if i == 0 else w + 1e-3 * torch.randn_like(w) for i in range(copies)]
         states[name] = [build(wi) for wi in ws]
-        run(states[name][0], x, xb)  # warm up: packing, first-call costs
+        for st in states[name]:  # warm up every copy: lazy packing, first-call costs
+            run(st, x, xb)
     times = {name: [] for name in table}
     names = list(table)
     for r in range(rounds):

@@ -257,8 +257,10 @@ def test_suggest_fix_branches():
     # activation noise dominates (out 15 dB, weight alone 30 dB) with outlier channels
     fix = suggest_fix(act=tok, act_mode="dynamic", sqnr_out=15.0, sqnr_w_only=30.0,
                       act_saturated=0, act_channel_ratio=50.0, **common)
-    assert "SmoothQuant" in fix.text and fix.rule == {"act": None}
-    assert fix.predicted_sqnr_db == pytest.approx(30.0)
+    assert "SmoothQuant" in fix.text and fix.rule == {"smooth": 0.5}
+    fix = suggest_fix(act=tok, act_mode="dynamic", sqnr_out=15.0, sqnr_w_only=30.0,
+                      act_saturated=0, act_channel_ratio=50.0, smoothed=True, **common)
+    assert fix.rule == {"act": None} and fix.predicted_sqnr_db == pytest.approx(30.0)
     static = lb.Scheme.parse("int8")
     fix = suggest_fix(act=static, act_mode="static", sqnr_out=15.0, sqnr_w_only=30.0,
                       act_saturated=3, act_channel_ratio=5.0, **common)
@@ -277,3 +279,20 @@ def test_suggest_fix_branches():
     cands = [str(s) for s, _ in weight_candidates(lb.Scheme.parse("int4:g128"), 384)]
     assert "int4:g64" in cands and "int4:g32" in cands and "int8:channel" in cands
     assert "int4:g256" not in cands
+
+
+def test_debug_undoes_smoothquant_scaling():
+    # the kernel sees x / s and a weight quantized as w * s; errors must compare like with like
+    model, data = Tiny().eval(), _data()
+    recipe = Recipe((Rule(types=("Linear",), weight="int8:channel", act="int8:token",
+                          smooth=0.5),), name="smooth")
+    qmodel = lb.quantize_model(copy.deepcopy(model), recipe, calib_data=data, progress=False)
+    s = qmodel.fc2.input_scale
+    assert s is not None and float(s.max() / s.min()) > 2  # fc2's outlier column is scaled
+    rep = debug(model, qmodel, data)
+    for r in rep.records:   # int8 per-channel: ~40 dB; without undoing s it is far lower
+        assert r.weight_error["sqnr_db"] > 30
+        assert r.weight_only_output_error["sqnr_db"] > 30
+    w_hat = qmodel.fc2.weight_q.dequantize() / s
+    assert rep.records[1].weight_error["sqnr_db"] == pytest.approx(
+        sqnr_db(model.fc2.weight.detach(), w_hat), abs=1e-6)

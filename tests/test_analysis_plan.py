@@ -114,6 +114,9 @@ def test_recommend_meets_the_size_budget_and_beats_uniform(tmp_path):
     assert plan.measured["size_mb"] <= budget
     assert plan.predicted["size_mb"] == pytest.approx(plan.measured["size_mb"], rel=1e-3)
     assert set(plan.assignment) == {"emb", "fc1", "fc2"}
+    assert plan.baseline["size_mb"] == fp32 / 1e6
+    assert plan.baseline["metric"] == pytest.approx(1.0)
+    assert plan.measured["metric"] < plan.baseline["metric"]
     # the best uniform choice within the budget, measured the same way
     best = -1.0
     for opt in ("w8", "w4", "w4g32"):
@@ -153,7 +156,7 @@ def test_bench_gemm_rows():
 
 def test_bench_model_rows_use_the_adjacent_fp32_baseline():
     from lowbit.analysis import bench_model
-    from lowbit.analysis.debug import quantized_layers
+    from lowbit.analysis.runner import quantized_layers
 
     model, data = Tiny().eval(), _data()
 
@@ -161,7 +164,7 @@ def test_bench_model_rows_use_the_adjacent_fp32_baseline():
         return (1.0 if quantized_layers(m) else 2.0) * bs / 1000
 
     configs = {"FP32": None, "A8W8": "a8w8"}
-    r = bench_model(model, latency, output_cosine(model, data), configs)
+    r = bench_model(model, latency, output_cosine(model, data), configs, calib_data=data)
     fp32, a8w8 = r.rows
     assert fp32["speedup_b32"] == 1.0 and a8w8["speedup_b32"] == 2.0
     assert a8w8["latency_b1_ms"] == pytest.approx(1.0) and a8w8["sentences_per_s"] == 1000

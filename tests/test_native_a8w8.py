@@ -95,9 +95,34 @@ def test_given_codes_and_static_activations(act):
     assert torch.equal(y.reshape(6, 5), reference.integer_reference(Problem(xq, K.prepare(w))))
 
 
-def test_asymmetric_activations_stay_on_int_mm():
-    act = ("uint8:asym", lb.QParams(torch.tensor(0.025), torch.tensor(131, dtype=torch.int32)))
-    p = _problem(5, 64, 9, act=act)
+_ASYM = [("uint8:asym", lb.QParams(torch.tensor(0.025), torch.tensor(131, dtype=torch.int32))),
+         ("int8:asym", lb.QParams(torch.tensor(0.02), torch.tensor(-5, dtype=torch.int32))),
+         "uint8:token:asym", "int8:asym"]
+
+
+@pytest.mark.parametrize("act", _ASYM, ids=["static_uint8", "static_int8", "token_uint8",
+                                            "tensor_int8"])
+def test_asymmetric_activations(act):
+    p = _problem(19, 132, 21, act=act)
+    want = reference.integer_reference(p)
+    assert K.backend(p.x, p.w, p.bias) == (cpu_int8.a8w8_name() if VNNI else "cpu.int8.int_mm")
+    assert torch.equal(K.linear(p.x, p.w, p.bias), want)
+    xq = p.xq  # uint8 codes enter shifted to int8: c - 128 with zero point z - 128
+    shift = 0 if xq.scheme.format.signed else 128
+    qx = (xq.int_values().to(torch.int32) - shift).to(torch.int8).reshape(p.m, p.k)
+    zx = xq.zero_point.to(torch.int32) - shift
+    acc, _, _, _ = reference.accumulators(xq, p.w.weight)
+    pw = _packed(p)
+    for isa in ISAS:
+        y = nat.a8w8_linear_codes(qx, xq.scale, pw, p.bias, zx=zx, isa=isa)
+        assert torch.equal(y, want), isa
+        got = nat.a8w8_accumulators(None, pw, codes=(qx, xq.scale, zx), isa=isa)
+        assert torch.equal(got, acc[:, :, 0]), isa
+
+
+def test_past_the_asymmetric_bound_int_mm_runs():
+    act = _ASYM[0]  # K * 255 * 128 > 2^31 - 1 >= K * 255 * 127: int_mm's bound only
+    p = _problem(1, 66000, 3, act=act, seed=3)
     assert K.backend(p.x, p.w, p.bias) == "cpu.int8.int_mm"
 
 
@@ -118,7 +143,8 @@ def test_pack_roundtrip_and_errors():
     pw = nat.pack_a8w8(codes, scales)
     back, s = nat.unpack_a8w8(pw)
     assert torch.equal(back, codes) and torch.equal(s, scales)
-    assert pw.data.shape == (2, 3, 64) and pw.nbytes == 2 * 3 * 64 + 32 * 4
+    assert pw.data.shape == (2, 3, 64) and pw.nbytes == 2 * 3 * 64 + 32 * 4 * 2
+    assert torch.equal(pw.wsum[:19], codes.sum(1, dtype=torch.int32))
     with pytest.raises(TypeError, match="codes"):
         nat.pack_a8w8(codes.float(), scales)
     with pytest.raises(ValueError, match="scales"):

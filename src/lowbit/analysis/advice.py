@@ -19,8 +19,9 @@ the weight dominates.
   wins. None reaching it: keep the layer in fp16.
 * Activation-dominated: static per-tensor ranges that clip channels -> dynamic per-token
   activations; a few channels far above the rest (channel amax max/median above
-  ``SMOOTH_RATIO``) -> SmoothQuant-style scaling, and meanwhile weight-only (``act``
-  dropped); block-scaled 4-bit activations -> 8-bit blocks.
+  ``SMOOTH_RATIO``) -> SmoothQuant-style scaling (``smooth = 0.5``), or weight-only (``act``
+  dropped) when the layer is smoothed already; block-scaled 4-bit activations -> 8-bit
+  blocks.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def _db(p: float) -> float:
 def suggest_fix(*, w2d: torch.Tensor | None, weight: Scheme | None, weight_clip: str | None,
                 act: Scheme | None, act_mode: str | None, sqnr_out: float,
                 sqnr_w_only: float | None, sqnr_weight: float | None, target_db: float,
-                act_saturated: int, act_channel_ratio: float | None) -> Fix:
+                act_saturated: int, act_channel_ratio: float | None,
+                smoothed: bool = False) -> Fix:
     """The cheapest measured fix that brings the layer's output SQNR to ``target_db``."""
     if not math.isfinite(sqnr_out):
         return Fix("exact: nothing to fix")
@@ -114,10 +116,14 @@ def suggest_fix(*, w2d: torch.Tensor | None, weight: Scheme | None, weight_clip:
                        "dynamic per-token activations (act int8:token)",
                        {"act": "int8:token", "act_mode": "dynamic"}, _db(1 / n_w))
         if act_channel_ratio is not None and act_channel_ratio > SMOOTH_RATIO:
-            return Fix(f"{share}; a few input channels reach {act_channel_ratio:.0f}x the "
-                       "median channel: SmoothQuant-style scaling (migrate the activation "
-                       "outliers into the weight, alpha 0.5), or meanwhile weight-only "
-                       "(drop act)", {"act": None}, _db(1 / n_w))
+            if not smoothed and weight is not None:
+                return Fix(f"{share}; a few input channels reach {act_channel_ratio:.0f}x the "
+                           "median channel: SmoothQuant-style scaling (migrate the "
+                           "activation outliers into the weight, smooth 0.5)",
+                           {"smooth": 0.5}, None)
+            return Fix(f"{share}; input channels still reach {act_channel_ratio:.0f}x the "
+                       "median channel after smoothing: keep activations in float "
+                       "(weight-only, drop act)", {"act": None}, _db(1 / n_w))
         if act.is_block_scaled and act.bits <= 4:
             return Fix(f"{share}: 8-bit activation blocks (act mxfp8)", {"act": "mxfp8"}, None)
         if act_mode == "static":
@@ -160,6 +166,6 @@ def merged_rule(name: str, rule, change: dict) -> dict:
                                     if k not in ("pattern", "types")}
     base.update(change)
     if base.get("act") is None:
-        for k in ("act", "act_mode", "observer"):
+        for k in ("act", "act_mode", "observer", "smooth"):
             base.pop(k, None)
     return {"pattern": escape(name), **base}

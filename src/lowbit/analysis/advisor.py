@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..recipes import Recipe, Rule
-from .debug import quantized_layers
+from .runner import quantized_layers
 from .sensitivity import output_cosine, quantized_copy, swap
 
 __all__ = [
@@ -189,12 +189,14 @@ class Plan:
     recipe: Recipe
     predicted: dict
     measured: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)     # the float model, measured the same way
     constraints: dict = field(default_factory=dict)
     table: dict = field(default_factory=dict, repr=False)   # the measure_options result
 
     def to_dict(self) -> dict:
         return {"assignment": self.assignment, "predicted": self.predicted,
-                "measured": self.measured, "constraints": self.constraints,
+                "measured": self.measured, "baseline": self.baseline,
+                "constraints": self.constraints,
                 "recipe": self.recipe.to_dict()}
 
 
@@ -301,6 +303,6 @@ def recommend(model, data, metric=None, *, size_mb: float | None = None,
     final = eval_metric or metric
     plan.measured = {"size_mb": size_fn(qmodel) / 1e6, "metric": final(qmodel),
                      "latency_ms": None if latency_fn is None else latency_fn(qmodel) * 1e3}
-    if eval_metric is not None:
-        plan.measured["float_metric"] = eval_metric(model)
+    plan.baseline = {"size_mb": float_bytes / 1e6, "metric": final(model),
+                     "latency_ms": None if latency_fn is None else latency_fn(model) * 1e3}
     return plan

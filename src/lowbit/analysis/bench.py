@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .debug import quantized_layers
+from .runner import quantized_layers
 
 __all__ = [
     "GEMM_SHAPES",
@@ -122,8 +122,12 @@ def _backends(model) -> str:
     return ", ".join(sorted(names)) or "torch.fp32"
 
 
+_NEUTRAL = ("gather+dequantize",)   # embedding lookups: no GEMM, neither real nor emulated
+
+
 def _path(backends: str) -> str:
-    parts = [b.strip() for b in backends.split(",")]
+    """``real`` / ``emulated`` / ``mixed`` over the GEMM backends of a model."""
+    parts = [b.strip() for b in backends.split(",") if b.strip() not in _NEUTRAL] or ["-"]
     if all(is_emulated(b) for b in parts):
         return "emulated"
     return "real" if not any(is_emulated(b) for b in parts) else "mixed"

@@ -6,7 +6,8 @@
 input, so the error it measures is the layer's own (not what earlier layers passed on),
 and feeds streaming statistics (``lowbit.analysis.stats``): running error sums, an input
 histogram and per-channel min/max/clip counts. Memory is bounded by the layer sizes, never
-by the amount of data. The model output is also compared with the float model's.
+by the amount of data. The model output is also compared with the float model's (padding
+positions left out when batches carry an ``attention_mask``).
 
 Per layer (``LayerRecord``):
 
@@ -35,9 +36,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..nn import KeepPrecision, QuantConv2d, QuantEmbedding, QuantLinear
+from ..nn import KeepPrecision, QuantConv2d, QuantLinear
 from ..quant import QParams, QTensor, fake_quantize
 from .advice import merged_rule, suggest_fix
+from .runner import call_model, first_tensor, quantized_layers, real_positions
 from .stats import ErrorStats, RunningStats, outlier_stats
 
 __all__ = [
@@ -48,38 +50,6 @@ __all__ = [
     "first_tensor",
     "quantized_layers",
 ]
-
-QUANT_TYPES = (QuantLinear, QuantConv2d, QuantEmbedding, KeepPrecision)
-
-
-def call_model(model, batch):
-    """Run ``model`` on a batch: a dict (kwargs), a tuple/list (args) or a tensor."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
-def first_tensor(out) -> torch.Tensor:
-    """The main output tensor of a model's output (tensor, tuple, or ``ModelOutput``)."""
-    if torch.is_tensor(out):
-        return out
-    if isinstance(out, dict):
-        return next(v for v in out.values() if torch.is_tensor(v))
-    if isinstance(out, (tuple, list)):
-        return first_tensor(out[0])
-    raise TypeError(f"cannot find a tensor in the model output of type {type(out).__name__}")
-
-
-def quantized_layers(model) -> dict[str, torch.nn.Module]:
-    """``{name: module}`` of every lowbit quantized module in ``model`` (not inside one)."""
-    out = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, QUANT_TYPES) and not any(name.startswith(p + ".") for p in out):
-            out[name] = mod
-    return out
-
 
 @dataclass
 class LayerRecord:
@@ -161,6 +131,10 @@ class _Probe:
             self.w_hat = None if kw is None else kw.detach().float().reshape(self.w.shape)
         elif hasattr(qmod, "weight_q"):
             self.w_hat = qmod.weight_q.dequantize().reshape(self.w.shape)
+        # SmoothQuant: the kernel sees x / s and a weight quantized as w * s (per column)
+        self.s = getattr(qmod, "input_scale", None)
+        if self.s is not None:
+            self.w_hat = self.w_hat / self.s
         self.matmul = isinstance(qmod, (QuantLinear, QuantConv2d))
 
     def _act_view(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +143,8 @@ class _Probe:
             g = self.qmod.geometry
             x = F.unfold(x.float(), g["kernel_size"], g["dilation"], g["padding"], g["stride"])
             x = x.transpose(1, 2)
-        return x.reshape(-1, x.shape[-1]).float()
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        return x2 if self.s is None else x2 / self.s
 
     def hook(self, mod, args, kwargs, out):
         with torch.no_grad():
@@ -196,6 +171,11 @@ class _Probe:
 
     # -- turning the statistics into a record -------------------------------------------
 
+    def _w_quantized(self, q: QTensor) -> torch.Tensor:
+        """The float weight as it was quantized (times the SmoothQuant scale, if any)."""
+        w = self.w.reshape(q.shape)
+        return w if self.s is None else w * self.s
+
     def _act_clip_range(self):
         act, qp = getattr(self.qmod, "act", None), getattr(self.qmod, "act_qparams", None)
         if act is None or qp is None or act.is_dynamic or act.is_block_scaled:
@@ -213,7 +193,7 @@ class _Probe:
             ws = RunningStats(self.act.bins)
             mask = None
             if q is not None:
-                mask = _clip_mask(self.w.reshape(q.shape), q.scheme, _weight_qparams(q))
+                mask = _clip_mask(self._w_quantized(q), q.scheme, _weight_qparams(q))
                 share = mask.double().mean(1)
                 w_sat = torch.nonzero(share > clip_threshold).flatten().tolist()
             ws.update(self.w.T, None if mask is None else mask.T)
@@ -247,12 +227,13 @@ class _Probe:
         fix_text, fix_rule = "", None
         if needs:
             fix = suggest_fix(
-                w2d=None if q is None else self.w.reshape(q.shape), weight=weight,
+                w2d=None if q is None else self._w_quantized(q), weight=weight,
                 weight_clip=None if rule is None else rule.weight_clip, act=act,
                 act_mode=act_mode, sqnr_out=out_sqnr,
                 sqnr_w_only=None if w_only is None else w_only["sqnr_db"],
                 sqnr_weight=w_err.sqnr_db if w_err.n else None, target_db=min_sqnr_db,
-                act_saturated=len(a_sat), act_channel_ratio=ratio)
+                act_saturated=len(a_sat), act_channel_ratio=ratio,
+                smoothed=self.s is not None)
             fix_text, fix_rule = fix.text, merged_rule(self.name, rule, fix.rule)
         try:
             backend = str(self.qmod.backend)
@@ -388,8 +369,9 @@ def debug(float_model: torch.nn.Module, quantized_model_or_recipe, data, *,
     try:
         with torch.no_grad():
             for batch in batches:
-                yq = first_tensor(call_model(qmodel, batch))
-                model_err.update(first_tensor(call_model(float_model, batch)), yq)
+                yq = real_positions(first_tensor(call_model(qmodel, batch)), batch)
+                yf = real_positions(first_tensor(call_model(float_model, batch)), batch)
+                model_err.update(yf, yq)
     finally:
         for h in handles:
             h.remove()

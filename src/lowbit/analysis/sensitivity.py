@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .debug import call_model, first_tensor, quantized_layers
+from .runner import call_model, first_tensor, quantized_layers, real_positions
 
 __all__ = ["SensitivityReport", "output_cosine", "quantized_copy", "sensitivity", "swap"]
 
@@ -42,16 +42,17 @@ def swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.Mo
 
 def output_cosine(float_model: torch.nn.Module, data):
     """A metric: mean cosine similarity of ``model``'s output rows to ``float_model``'s on
-    ``data`` (reference outputs computed once, here)."""
+    ``data`` (reference outputs computed once, here; padding positions left out)."""
     batches = list(data)
     with torch.no_grad():
-        refs = [first_tensor(call_model(float_model, b)).float() for b in batches]
+        refs = [real_positions(first_tensor(call_model(float_model, b)), b).float()
+                for b in batches]
 
     def metric(model) -> float:
         total, n = 0.0, 0
         with torch.no_grad():
             for b, ref in zip(batches, refs):
-                y = first_tensor(call_model(model, b)).float()
+                y = real_positions(first_tensor(call_model(model, b)), b).float()
                 cos = torch.nn.functional.cosine_similarity(
                     ref.reshape(-1, ref.shape[-1]), y.reshape(-1, y.shape[-1]), dim=1)
                 total, n = total + float(cos.sum()), n + cos.numel()

@@ -92,6 +92,9 @@ def run(args) -> int:
               "-")
     t.add_row("measured", f"{m['size_mb']:.2f}", f"{m['latency_ms']:.1f}", "-",
               f"{m['metric']:.5f}")
+    b = plan.baseline
+    t.add_row("FP32 (measured)", f"{b['size_mb']:.2f}", f"{b['latency_ms']:.1f}", "1.00000",
+              f"{b['metric']:.5f}")
     console.print(t)
     plan.recipe.save(args.out)
     console.print(f"Recipe written to [bold]{args.out}[/]: lowbit quantize --recipe {args.out}")

@@ -2,7 +2,8 @@
 
 ``cpu.a8w8.<isa>``   the native C kernel of :mod:`lowbit.kernels.native.a8w8` (quantization,
                      VNNI GEMM and epilogue fused; runs where isa is avx512_vnni) for
-                     dynamic int8:token or symmetric int8 activation codes.
+                     dynamic int8:token, or given / static int8 or uint8 codes with one
+                     scale (and zero point) per row or per tensor.
 ``cpu.int8.int_mm``  ``torch._int_mm`` (oneDNN/MKL s8 x s8 -> s32) and a torch epilogue.
 
 What the A8W8 paths compute (identical to :func:`reference.integer_reference` bit for bit,
@@ -141,12 +142,14 @@ def a8w8_name() -> str:
 
 
 def _native_form(p: Problem) -> str | None:
-    """"dynamic", "codes" (signed symmetric int8 codes, no zero point) or None."""
+    """"dynamic", "codes" (one scale and zero point per row or per tensor) or None."""
     form = _act_form(p)
     if form == "codes":
-        s = p.act_scheme
-        if not (s.format.signed and s.symmetric) or p.xq.zero_point is not None \
-                or p.xq.scale.numel() not in (1, p.m):
+        xq = p.xq
+        asym = xq.zero_point is not None or not xq.scheme.format.signed
+        if xq.scale.numel() not in (1, p.m) or (xq.zero_point is not None and
+                                                xq.zero_point.numel() not in (1, p.m)) \
+                or (asym and p.k * 255 * 128 > INT32_MAX):
             return None
     return form
 
@@ -168,10 +171,10 @@ def _native_run(p: Problem, want_acc: bool) -> Tensor:
         if want_acc:
             return mod.a8w8_accumulators(x, packed)
         return mod.a8w8_linear(x, packed, bias)
-    a, _, sx = _activation(p)
+    a, ca, sx = _activation(p)
     if want_acc:
-        return mod.a8w8_accumulators(None, packed, codes=(a, sx))
-    return mod.a8w8_linear_codes(a, sx, packed, bias)
+        return mod.a8w8_accumulators(None, packed, codes=(a, sx, ca))
+    return mod.a8w8_linear_codes(a, sx, packed, bias, zx=ca)
 
 
 def a8w8_linear(p: Problem) -> Tensor:

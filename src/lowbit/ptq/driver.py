@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import calib
 from ..nn import KeepPrecision, quantized_class
 from ..recipes import Recipe
+from .gptq import Hessian, gptq
 
 __all__ = ["quantize_model", "make_observer", "run_batches", "smooth_scales"]
 
@@ -72,7 +73,8 @@ def _observe(model, batches, observers: dict, divisors: dict, progress, label: s
     handles = []
     was_training = model.training
     try:
-        for name, obs in observers.items():
+        for key, obs in observers.items():
+            name = key.split("#")[0]  # "layer#hessian": a second observer on the same input
             hook = _observe_input(obs, divisors.get(name))
             handles.append(modules[name].register_forward_pre_hook(hook))
         model.eval()
@@ -102,24 +104,27 @@ def smooth_scales(x_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> t
 
 
 def _calibrate(model, plan, calib_data, progress: Progress) -> tuple[dict, dict]:
-    """(observers of static activations, SmoothQuant scales), from the calibration data.
+    """(observers, SmoothQuant scales) from the calibration data. Observers are keyed by
+    layer name (static activation ranges) and ``name#hessian`` (GPTQ's input Hessians).
 
     With smoothing, a first pass measures each smoothed Linear's per-input-channel ranges;
-    the static observers then see the smoothed inputs x / s in a second pass.
+    the observers then see the smoothed inputs x / s in a second pass.
     """
     modules = dict(model.named_modules())
     smooth = {n: r for n, r in plan.items()
               if r.smooth is not None and isinstance(modules[n], torch.nn.Linear)}
-    static = {n: r for n, r in plan.items() if r.act is not None and r.act_mode == "static"}
-    if smooth and calib_data is None and not static:
+    static = [n for n, r in plan.items() if r.act is not None and r.act_mode == "static"]
+    gptq_layers = [n for n, r in plan.items() if r.weight_clip == "gptq"]
+    if smooth and calib_data is None and not static and not gptq_layers:
         warnings.warn(f"SmoothQuant skipped for {len(smooth)} layers: it measures activation "
                       "channels on calibration data; pass calib_data=batches to apply it",
                       UserWarning, stacklevel=3)
         smooth = {}
-    if not smooth and not static:
+    if not smooth and not static and not gptq_layers:
         return {}, {}
-    what = f"{len(static)} modules have static activations and {len(smooth)} are smoothed"
-    batches = _needs_data(calib_data, what, next(iter({**static, **smooth})))
+    what = (f"{len(static)} modules have static activations, {len(gptq_layers)} use GPTQ "
+            f"and {len(smooth)} are smoothed")
+    batches = _needs_data(calib_data, what, next(iter([*static, *gptq_layers, *smooth])))
     scales = {}
     if smooth:
         ranges = {n: calib.MinMax(axis=-1) for n in smooth}
@@ -127,7 +132,8 @@ def _calibrate(model, plan, calib_data, progress: Progress) -> tuple[dict, dict]
         for n, obs in ranges.items():
             lo, hi = obs.range()
             scales[n] = smooth_scales(torch.maximum(-lo, hi), modules[n].weight, smooth[n].smooth)
-    observers = {n: make_observer(r.observer) for n, r in static.items()}
+    observers = {n: make_observer(plan[n].observer) for n in static}
+    observers.update({f"{n}#hessian": Hessian() for n in gptq_layers})
     if observers:
         _observe(model, batches, observers, scales, progress, "calibrating")
     return observers, scales
@@ -145,13 +151,21 @@ def _build(name, module, rule, observers, scales):
                          "modules need a weight scheme too (add weight=...)")
     extra = {"input_scale": scales[name]} if name in scales else {}
     weight_qparams = None
+    w = module.weight.detach().reshape(module.weight.shape[0], -1)
+    if name in scales:
+        w = w * scales[name]
     if rule.weight_clip == "mse":
-        w = module.weight.detach()
-        if w.dim() > 2:
-            w = w.reshape(w.shape[0], -1)
-        if name in scales:
-            w = w * scales[name]
         weight_qparams = calib.mse_search(w, rule.weight)
+    elif rule.weight_clip == "gptq":
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(f"GPTQ applies to Linear layers; {name!r} is "
+                             f"{type(module).__name__}")
+        w_q, weight_qparams = gptq(w, observers[f"{name}#hessian"].value(), rule.weight)
+        # from_float quantizes module.weight (times the smoothing scale) with these qparams:
+        # w_q is on their grid, so the codes are GPTQ's (rounding absorbs the ulp that
+        # dividing and re-multiplying by a smoothing scale may add).
+        module = copy.deepcopy(module)  # the model's own layer is never touched
+        module.weight.data = w_q / scales[name] if name in scales else w_q
     act_qparams = observers[name].qparams(rule.act) if name in observers else None
     return cls.from_float(module, rule.weight, rule.act, weight_qparams=weight_qparams,
                           act_qparams=act_qparams, **extra)

@@ -13,6 +13,8 @@
  *   qx[m,k] = rint(x[m,k] / s_x[m])          (|x / s_x| < 127.5: always in -127..127)
  *   acc     = sum_k qx[m,k] * w[n,k]                                   int32, exact
  *   y[m,n]  = ((float)acc * s_w[n]) * s_x[m]  (+ bias[n])               fp32
+ * Given codes may carry a zero point per row (asymmetric activations, uint8 codes
+ * shifted to int8 by the caller): acc = sum_k (qx - z[m]) * w = dot - z[m] * wsum[n].
  *
  * VNNI trick: vpdpbusd multiplies unsigned by signed bytes, so the weights are stored
  * offset-binary, u = w + 128 (0..255), and the activations stay signed (they are the
@@ -49,6 +51,8 @@ typedef struct {
     const float *x;      /* [M][K] fp32, or NULL when codes are given */
     const int8_t *qin;   /* [M][K] int8 codes given by the caller, or NULL */
     const float *sxin;   /* [M] their scales */
+    const int32_t *zx;   /* [M] their zero points, or NULL (symmetric) */
+    const int32_t *wsum; /* [NB*16] sum_k w[n,k], for the zero points */
     int64_t M;
     int K, Kp, N, NB;
     int ldq;             /* row stride of qx: Kp + 64 (rows do not alias in L1 sets) */
@@ -67,6 +71,10 @@ typedef struct {
 
 /* ------------------------------------------------------------------------------ */
 /* one row: quantize (or copy the given codes), zero the K padding, the correction */
+
+/* -128 * sum, modulo 2^32 (all integer sums here wrap like the vector lanes; the true
+ * accumulator fits in int32, so the wrapped result is exact) */
+static int32_t wrap_corr(int32_t sum) { return (int32_t)(0u - 128u * (uint32_t)sum); }
 
 static float row_scale(float amax) {
     if (!(amax > 0.0f)) return 1.0f;
@@ -98,7 +106,7 @@ static void row_scalar(const problem8 *p, int64_t m) {
     int32_t sum = 0;
     for (int k = 0; k < K; ++k) sum += q[k];
     for (int k = K; k < p->Kp; ++k) q[k] = 0;
-    p->corr[m] = -128 * sum;
+    p->corr[m] = wrap_corr(sum);
 }
 
 T512Q static void row_512(const problem8 *p, int64_t m) {
@@ -137,7 +145,7 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
         p->sx[m] = s;
     }
     for (k = K; k < p->Kp; ++k) q[k] = 0;
-    p->corr[m] = -128 * _mm512_reduce_add_epi32(vsum);
+    p->corr[m] = wrap_corr(_mm512_reduce_add_epi32(vsum));
 }
 
 /* ------------------------------------------------------------------------------ */
@@ -182,6 +190,9 @@ INLINE T512 void tile512(const problem8 *p, int64_t m0, int b0, const int MR, co
         const __m512 bv = p->bias ? _mm512_maskz_loadu_ps(mk, p->bias + n0) : _mm512_setzero_ps();
 #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) {
+            if (p->zx)
+                acc[i][j] = _mm512_add_epi32(acc[i][j], _mm512_mullo_epi32(
+                    _mm512_set1_epi32(p->zx[m0 + i]), _mm512_loadu_si512(p->wsum + n0)));
             __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), s);
             v = _mm512_mul_ps(v, _mm512_set1_ps(p->sx[m0 + i]));
             if (p->bias) v = _mm512_add_ps(v, bv);
@@ -240,12 +251,17 @@ static void run_scalar(const problem8 *p, int b_begin, int b_end, int64_t m_begi
         const uint8_t *wb = p->w + (size_t)b * p->Kp * 16;
         for (int64_t m = m_begin; m < m_end; ++m) {
             const int8_t *qx = p->qx + (size_t)m * p->ldq;
+            uint32_t ua[16]; /* unsigned: wraps mod 2^32 like the vector lanes */
             int32_t acc[16];
-            for (int l = 0; l < 16; ++l) acc[l] = p->corr[m];
+            for (int l = 0; l < 16; ++l) ua[l] = (uint32_t)p->corr[m];
             for (int o = 0; o < nq; ++o)
                 for (int l = 0; l < 16; ++l)
                     for (int i = 0; i < 4; ++i)
-                        acc[l] += (int32_t)wb[(size_t)o * 64 + 4 * l + i] * qx[4 * o + i];
+                        ua[l] += (uint32_t)((int32_t)wb[(size_t)o * 64 + 4 * l + i] * qx[4 * o + i]);
+            for (int l = 0; l < 16; ++l) {
+                if (p->zx) ua[l] += (uint32_t)p->zx[m] * (uint32_t)p->wsum[16 * b + l];
+                acc[l] = (int32_t)ua[l];
+            }
             for (int l = 0; l < 16 && 16 * b + l < N; ++l) {
                 const size_t at = (size_t)m * N + 16 * b + l;
                 float v = (float)acc[l] * p->sw[16 * b + l];
@@ -279,15 +295,15 @@ static void quant_task(void *vp) {
 #define MCHUNK 64
 static void gemm_task(void *vp) {
     const problem8 *p = (const problem8 *)vp;
-    const int PANEL_ = p->panel;
-    const int npan = (p->NB + PANEL_ - 1) / PANEL_;
+    const int panel = p->panel;
+    const int npan = (p->NB + panel - 1) / panel;
     const int64_t nm = (p->M + MCHUNK - 1) / MCHUNK;
     const int64_t nchunks = npan * nm;
     for (;;) {
         const int64_t c = atomic_fetch_add_explicit(p->next, 1, memory_order_relaxed);
         if (c >= nchunks) break;
-        const int b0 = (int)(c / nm) * PANEL_;
-        const int b1 = b0 + PANEL_ < p->NB ? b0 + PANEL_ : p->NB;
+        const int b0 = (int)(c / nm) * panel;
+        const int b1 = b0 + panel < p->NB ? b0 + panel : p->NB;
         const int64_t m0 = (c % nm) * MCHUNK;
         const int64_t m1 = m0 + MCHUNK < p->M ? m0 + MCHUNK : p->M;
         if (p->isa == 2) run512(p, b0, b1, m0, m1);
@@ -296,16 +312,19 @@ static void gemm_task(void *vp) {
 }
 
 /* x: fp32 [M][K] (dynamic per-row quantization here), or NULL and qin int8 [M][K] with
- * sxin fp32 [M] (given codes).  w: the packed weight, sw fp32 [NB*16].  acc_out: NULL
+ * sxin fp32 [M] (given codes) and zx int32 [M] (their zero points) or NULL; wsum is
+ * read only with zx.  w: the packed weight, sw fp32 [NB*16].  acc_out: NULL
  * or int32 [M][N].  isa: 2 or 0.  Returns 0, -1 (out of memory) or -2 (bad arguments). */
-LB_API int lowbit_a8w8_linear(const float *x, const int8_t *qin, const float *sxin, int64_t M,
-                              int K, int Kp, const uint8_t *w, const float *sw, int N,
+LB_API int lowbit_a8w8_linear(const float *x, const int8_t *qin, const float *sxin,
+                              const int32_t *zx, int64_t M, int K, int Kp, const uint8_t *w,
+                              const float *sw, const int32_t *wsum, int N,
                               const float *bias, float *y, int32_t *acc_out, int isa,
                               int nthreads) {
-    if (M < 1 || K < 1 || Kp < K || Kp % 4 || N < 1 || (!x && (!qin || !sxin)))
+    if (M < 1 || K < 1 || Kp < K || Kp % 4 || N < 1 || (!x && (!qin || !sxin)) ||
+        (zx && (x || !wsum)))
         return -2;
     if ((isa != 0 && isa != 2) || isa > lowbit_a8w4_cpu_level()) return -2;
-    problem8 p = {.x = x, .qin = x ? NULL : qin, .sxin = sxin, .M = M, .K = K, .Kp = Kp,
+    problem8 p = {.x = x, .qin = x ? NULL : qin, .sxin = sxin, .zx = zx, .wsum = wsum, .M = M, .K = K, .Kp = Kp,
                   .N = N, .NB = (N + 15) / 16, .w = w, .sw = sw, .bias = bias, .y = y,
                   .acc_out = acc_out, .isa = isa};
     atomic_llong next = 0, qnext = 0;

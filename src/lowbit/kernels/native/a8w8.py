@@ -11,7 +11,9 @@ The contract is lowbit's ``cpu.int8.int_mm`` / reference path, bit for bit::
 
 That is ``lb.quantize(x, "int8:token")`` for the activations. Given int8 codes with a
 scale per row (or one per tensor, static quantization) skip the first two lines
-(:func:`a8w8_linear_codes`).
+(:func:`a8w8_linear_codes`); they may carry an integer zero point z per row or tensor
+(asymmetric; uint8 codes go in shifted to int8, ``c - 128`` with ``z - 128``): then
+``acc = sum_k (qx[m, k] - z[m]) * w[n, k]``.
 
 Example (one row, one output, K = 2): x = [127, 2.5] -> s_x = 1, qx = [127, 2] (2.5 ties
 to even); w = [3, -1] with s_w = 0.5 -> acc = 379, y = 189.5.
@@ -50,11 +52,13 @@ class PackedA8W8:
 
     Attributes:
         data: uint8 [NB, Kp/4, 64], offset-binary codes.  scales: fp32 [NB * 16] (0 in
-        padded columns).  out_features: N.  in_features: K.
+        padded columns).  wsum: int32 [NB * 16], sum_k w[n, k] (for activation zero
+        points).  out_features: N.  in_features: K.
     """
 
     data: Tensor
     scales: Tensor
+    wsum: Tensor
     out_features: int
     in_features: int
 
@@ -65,7 +69,7 @@ class PackedA8W8:
     @property
     def nbytes(self) -> int:
         """Bytes stored: codes and scales, padding included."""
-        return self.data.numel() + self.scales.numel() * 4
+        return self.data.numel() + (self.scales.numel() + self.wsum.numel()) * 4
 
 
 def pack_a8w8(codes: Tensor, scales: Tensor) -> PackedA8W8:
@@ -93,7 +97,9 @@ def pack_a8w8(codes: Tensor, scales: Tensor) -> PackedA8W8:
     data = u.view(nb, 16, kp // 4, 4).permute(0, 2, 1, 3).reshape(nb, kp // 4, 64).contiguous()
     sc = torch.zeros(nb * 16, dtype=torch.float32)
     sc[:n] = scales.float().reshape(-1).expand(n)
-    return PackedA8W8(data, sc, n, k)
+    ws = torch.zeros(nb * 16, dtype=torch.int32)
+    ws[:n] = codes.sum(dim=1, dtype=torch.int32)
+    return PackedA8W8(data, sc, ws, n, k)
 
 
 def unpack_a8w8(pw: PackedA8W8) -> tuple[Tensor, Tensor]:
@@ -105,16 +111,18 @@ def unpack_a8w8(pw: PackedA8W8) -> tuple[Tensor, Tensor]:
 
 
 def reference_a8w8_linear(x: Tensor, pw: PackedA8W8, bias: Tensor | None = None, *,
-                          codes: tuple[Tensor, Tensor] | None = None,
-                          want_acc: bool = False) -> Tensor:
+                          codes: tuple | None = None, want_acc: bool = False) -> Tensor:
     """The contract in torch (fp32 [M, N], or the int32 accumulators if ``want_acc``).
-    ``codes=(qx int8 [M, K], sx fp32 [M])`` replaces the quantization of ``x``."""
+    ``codes=(qx int8 [M, K], sx fp32 [M], zx int32 [M] or None)`` replaces the
+    quantization of ``x``."""
     if codes is None:
         amax = x.abs().amax(dim=1, keepdim=True)
         sx = torch.where(amax > 0, (amax / 127).clamp(min=_TINY), 1.0)
         qx = torch.round(x / sx)
     else:
         qx, sx = codes[0].to(torch.float64), codes[1].reshape(-1, 1)
+        if codes[2] is not None:
+            qx = qx - codes[2].to(torch.float64).reshape(-1, 1)
     w, sw = unpack_a8w8(pw)
     acc = (qx.double() @ w.double().T).to(torch.int32)  # exact: |sums| < 2^53
     if want_acc:
@@ -162,11 +170,11 @@ def _native(pw, x2, codes, bias, level, want_acc):
         return acc if want_acc else y
     if bias is not None:
         bias = bias.contiguous()
-    qx, sx = codes if codes is not None else (None, None)
+    qx, sx, zx = codes if codes is not None else (None, None, None)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     rc = _build.library().lowbit_a8w8_linear(
-        None if x2 is None else x2.data_ptr(), None if qx is None else qx.data_ptr(),
-        None if sx is None else sx.data_ptr(), m, pw.in_features, pw.padded_in_features,
-        pw.data.data_ptr(), pw.scales.data_ptr(), n,
+        ptr(x2), ptr(qx), ptr(sx), ptr(zx), m, pw.in_features, pw.padded_in_features,
+        pw.data.data_ptr(), pw.scales.data_ptr(), pw.wsum.data_ptr(), n,
         None if bias is None else bias.data_ptr(), y.data_ptr(),
         None if acc is None else acc.data_ptr(), level, get_num_threads())
     if rc == -1:
@@ -186,13 +194,21 @@ def _run(x, pw, bias, isa, codes, want_acc):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, pw.in_features).contiguous()
     else:
-        qx, sx = codes
+        qx, sx, zx = codes
         if qx.dtype != torch.int8 or qx.dim() != 2:
             raise TypeError(f"qx: expected int8 codes [M, K], got {qx.dtype} {list(qx.shape)}")
         _check(pw, bias, qx.shape[1])
+        m = qx.shape[0]
+        if sx.numel() not in (1, m) or (zx is not None and zx.numel() not in (1, m)):
+            raise ValueError(f"sx, zx: expected {m} values (one per row) or one")
+        if zx is not None and (zx.dtype.is_floating_point or pw.in_features * 255 * 128
+                               > 2**31 - 1):
+            raise ValueError("zx: integer zero points, with K <= 65,793 (int32 bound)")
         lead, x2 = qx.shape[:1], None
-        sx = sx.float().reshape(-1).expand(qx.shape[0]).contiguous()
-        codes = (qx.contiguous(), sx)
+        sx = sx.float().reshape(-1).expand(m).contiguous()
+        if zx is not None:
+            zx = zx.to(torch.int32).reshape(-1).expand(m).contiguous()
+        codes = (qx.contiguous(), sx, zx)
     if level < 0:
         y = reference_a8w8_linear(x2, pw, bias, codes=codes, want_acc=want_acc)
     else:
@@ -208,13 +224,14 @@ def a8w8_linear(x: Tensor, weight: PackedA8W8, bias: Tensor | None = None, *,
 
 
 def a8w8_linear_codes(qx: Tensor, sx: Tensor, weight: PackedA8W8, bias: Tensor | None = None,
-                      *, isa: str | None = None) -> Tensor:
-    """y for given symmetric int8 activation codes qx [M, K] and scales sx (M or one)."""
-    return _run(None, weight, bias, isa, (qx, sx), False)
+                      *, zx: Tensor | None = None, isa: str | None = None) -> Tensor:
+    """y for given int8 activation codes qx [M, K], scales sx and zero points zx (None:
+    symmetric), each one per row or one for all."""
+    return _run(None, weight, bias, isa, (qx, sx, zx), False)
 
 
 def a8w8_accumulators(x: Tensor, weight: PackedA8W8, *, isa: str | None = None,
-                      codes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                      codes: tuple | None = None) -> Tensor:
     """Test hook: the exact int32 accumulators acc [M, N] the kernel computes (from x, or
-    from ``codes=(qx, sx)``)."""
+    from ``codes=(qx, sx, zx or None)``)."""
     return _run(x, weight, None, isa, codes, True)
