@@ -296,3 +296,13 @@ def test_debug_undoes_smoothquant_scaling():
     w_hat = qmodel.fc2.weight_q.dequantize() / s
     assert rep.records[1].weight_error["sqnr_db"] == pytest.approx(
         sqnr_db(model.fc2.weight.detach(), w_hat), abs=1e-6)
+
+
+def test_real_positions_drop_padding():
+    from lowbit.analysis.runner import real_positions
+
+    out = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    kept = real_positions(out, {"input_ids": mask, "attention_mask": mask})
+    assert torch.equal(kept, torch.stack([out[0, 0], out[0, 1], out[1, 0]]))
+    assert real_positions(out, out) is out   # no mask: everything counts

@@ -6,7 +6,7 @@
 """
 
 from . import formats, quant
-from . import calib, io, kernels, mixed, nn, ptq, qat, recipes
+from . import analysis, calib, io, kernels, mixed, nn, ptq, qat, recipes
 from .io import load_quantized, save_quantized
 from .ptq import quantize_model
 from .recipes import Recipe
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "PerBlock", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QParams", "QTensor",
     "ScaleMode", "Scheme", "__version__", "choose_qparams", "dequantize", "fake_quantize",
-    "Recipe", "calib", "formats", "io", "kernels", "load_quantized", "mixed", "nn", "ptq",
+    "Recipe", "analysis", "calib", "formats", "io", "kernels", "load_quantized", "mixed", "nn", "ptq",
     "qat", "qparams_from_range", "quant", "quantize", "quantize_model", "recipes", "save_quantized",
 ]

@@ -128,8 +128,12 @@ class SensitivityReport:
     def to_html(self, path) -> None:
         from .render import html_table, page
 
-        rows = [[r["layer"], r["scheme"], r["metric_alone"], r["drop_alone"],
-                 r["metric_all_but"], r["gain_all_but"]] for r in self.rows]
+        def num(v, spec):
+            return "-" if v is None else format(v, spec)
+
+        rows = [[r["layer"], r["scheme"], num(r["metric_alone"], ".6f"),
+                 num(r["drop_alone"], ".2e"), num(r["metric_all_but"], ".6f"),
+                 num(r["gain_all_but"], ".2e")] for r in self.rows]
         body = (f"<p>Recipe <b>{html.escape(self.recipe)}</b>, metric "
                 f"{html.escape(self.metric_name)}: float {self.float_metric:.6f}, quantized "
                 f"{self.quantized_metric:.6f}.</p>" + self.plot() +

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import formats_cmd, qat_cmd, quantize_cmd
+from . import bench_cmd, debug_cmd, formats_cmd, qat_cmd, quantize_cmd, recommend_cmd
 
-COMMANDS = [formats_cmd, quantize_cmd, qat_cmd]
+COMMANDS = [formats_cmd, quantize_cmd, debug_cmd, recommend_cmd, bench_cmd, qat_cmd]
 
 __all__ = ["main"]
 

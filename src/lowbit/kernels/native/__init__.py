@@ -42,6 +42,11 @@ from torch import Tensor
 
 from . import _build
 from ._layout import PackedA8W4, pack_a8w4, unpack_a8w4
+from ._reference import (
+    quantize_activations,
+    reference_a8w4_accumulators,
+    reference_a8w4_linear,
+)
 from .a8w8 import (
     PackedA8W8,
     a8w8_accumulators,
@@ -51,11 +56,6 @@ from .a8w8 import (
     pack_a8w8,
     reference_a8w8_linear,
     unpack_a8w8,
-)
-from ._reference import (
-    quantize_activations,
-    reference_a8w4_accumulators,
-    reference_a8w4_linear,
 )
 
 __all__ = [

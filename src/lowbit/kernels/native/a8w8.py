@@ -160,6 +160,10 @@ def _check(pw: PackedA8W8, bias: Tensor | None, k: int) -> None:
         raise ValueError(f"bias: expected fp32 [{pw.out_features}]")
 
 
+def _ptr(t: Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
 def _native(pw, x2, codes, bias, level, want_acc):
     from . import get_num_threads
 
@@ -171,12 +175,10 @@ def _native(pw, x2, codes, bias, level, want_acc):
     if bias is not None:
         bias = bias.contiguous()
     qx, sx, zx = codes if codes is not None else (None, None, None)
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     rc = _build.library().lowbit_a8w8_linear(
-        ptr(x2), ptr(qx), ptr(sx), ptr(zx), m, pw.in_features, pw.padded_in_features,
+        _ptr(x2), _ptr(qx), _ptr(sx), _ptr(zx), m, pw.in_features, pw.padded_in_features,
         pw.data.data_ptr(), pw.scales.data_ptr(), pw.wsum.data_ptr(), n,
-        None if bias is None else bias.data_ptr(), y.data_ptr(),
-        None if acc is None else acc.data_ptr(), level, get_num_threads())
+        _ptr(bias), y.data_ptr(), _ptr(acc), level, get_num_threads())
     if rc == -1:
         raise MemoryError("a8w8_linear: native kernel could not allocate its work buffers")
     if rc != 0:
