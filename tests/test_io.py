@@ -25,8 +25,8 @@ from lowbit.io import (
     save_quantized,
 )
 from lowbit.models import model_bytes
-from lowbit.quant import QTensor
 from lowbit.nn import register
+from lowbit.quant import QTensor
 from lowbit.recipes import Recipe
 
 

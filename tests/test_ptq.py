@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 
-import lowbit as lb
 from lowbit.nn import KeepPrecision, QuantEmbedding, QuantLinear
 from lowbit.ptq import quantize_model
 from lowbit.recipes import Recipe, Rule
@@ -37,7 +36,7 @@ def test_a8w8_replaces_linears_and_stays_close():
     model = _tiny()
     ref = copy.deepcopy(model)
     ids = _batches(1)[0]
-    with pytest.warns(UserWarning, match="SmoothQuant skipped"):
+    with pytest.warns(UserWarning, match="SmoothQuant .* skipped"):
         quantize_model(model, "a8w8", progress=False)  # no data: no smoothing, still works
     assert isinstance(model.fc1, QuantLinear) and isinstance(model.fc2, QuantLinear)
     assert model.fc1.input_scale is None

@@ -32,6 +32,7 @@ class Tiny(nn.Module):
         super().__init__()
         self.embeddings = nn.Module()
         self.embeddings.word_embeddings = nn.Embedding(50, 128)
+        self.embeddings.position_embeddings = nn.Embedding(16, 128)
         self.embeddings.LayerNorm = nn.LayerNorm(128)
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList([Block(), Block()])
@@ -60,7 +61,7 @@ def test_presets_cover_the_issue_and_are_data():
 @pytest.mark.parametrize("name,weight,act,mode,extra", [
     ("int8", "int8:channel", "int8", "static", {"observer": "minmax", "smooth": 0.8}),
     ("a8w8", "int8:channel", "int8:token", "dynamic", {}),
-    ("a8w4", "int4:g128", "int8:token", "dynamic", {"weight_clip": "mse"}),
+    ("a8w4", "int4:g128", "int8:token", "dynamic", {"weight_clip": "gptq_mse", "smooth": 0.5}),
     ("w4a16", "int4:g128:asym", None, None, {}),
     ("w8a16", "int8:channel", None, None, {}),
     ("fp8", "fp8_e4m3fn:channel", "fp8_e4m3fn:token", "dynamic", {}),
@@ -79,7 +80,8 @@ def test_preset_schemes(tiny, name, weight, act, mode, extra):
     # quantizing presets leave LayerNorm alone and store embeddings int8 per row
     assert Recipe.preset(name).match("embeddings.LayerNorm", tiny.embeddings.LayerNorm) is None
     emb = Recipe.preset(name).match("embeddings.word_embeddings", tiny.embeddings.word_embeddings)
-    assert emb.weight == lb.Scheme.parse("int8:channel") and emb.act is None
+    bits = 6 if name == "a8w4" else 8  # a8w4 stores embeddings int6 to fit MiniLM in 16 MB
+    assert emb.weight == lb.Scheme.parse(f"int{bits}:channel") and emb.act is None
 
 
 @pytest.mark.parametrize("name,dtype", [("fp16", "fp16"), ("bf16", "bf16")])
@@ -93,10 +95,12 @@ def test_bert_a8w4_on_bert_names(tiny):
     plan = Recipe.preset("bert-a8w4").plan(tiny)
     assert plan["encoder.layer.0.query"].weight == lb.Scheme.parse("int4:g128")
     assert plan["encoder.layer.1.dense"].act == lb.Scheme.parse("int8:token")
-    assert plan["encoder.layer.1.dense"].weight_clip == "mse"
+    assert plan["encoder.layer.1.dense"].weight_clip == "gptq_mse"
+    assert plan["encoder.layer.1.dense"].smooth == 0.5
     assert plan["encoder.layer.0.LayerNorm"].keep == "fp16"
     assert plan["embeddings.LayerNorm"].keep == "fp16"
-    assert plan["embeddings.word_embeddings"].weight == lb.Scheme.parse("int8:channel")
+    assert plan["embeddings.word_embeddings"].weight == lb.Scheme.parse("int6:channel")
+    assert plan["embeddings.position_embeddings"].weight == lb.Scheme.parse("int8:channel")
     assert "pooler" not in plan and "conv" not in plan      # unmatched: stays as it is
 
 
@@ -249,7 +253,7 @@ def test_resolve_and_str(tmp_path):
         Recipe.resolve("nope")
     text = str(Recipe.preset("bert-a8w4"))
     assert "1. *LayerNorm [LayerNorm] -> keep fp16" in text
-    assert "W int4:g128 (mse clip), A int8:token (dynamic)" in text
+    assert "W int4:g128 (gptq_mse clip), A int8:token (dynamic), SmoothQuant alpha 0.5" in text
 
 
 def test_match_on_a_real_torch_module_type():

@@ -5,19 +5,57 @@
 >>> x_hat = q.dequantize(); q.nbytes
 """
 
-from . import formats, quant
-from . import analysis, calib, io, kernels, mixed, nn, ptq, qat, recipes
+from . import analysis, calib, formats, io, kernels, mixed, nn, ptq, qat, quant, recipes
 from .io import load_quantized, save_quantized
 from .ptq import quantize_model
+from .quant import (
+                    PerBlock,
+                    PerChannel,
+                    PerGroup,
+                    PerTensor,
+                    PerToken,
+                    QParams,
+                    QTensor,
+                    ScaleMode,
+                    Scheme,
+                    choose_qparams,
+                    dequantize,
+                    fake_quantize,
+                    qparams_from_range,
+                    quantize,
+)
 from .recipes import Recipe
-from .quant import (PerBlock, PerChannel, PerGroup, PerTensor, PerToken, QParams, QTensor,
-                    ScaleMode, Scheme, choose_qparams, dequantize, fake_quantize,
-                    qparams_from_range, quantize)
 
 __version__ = "0.1.0"
 __all__ = [
-    "PerBlock", "PerChannel", "PerGroup", "PerTensor", "PerToken", "QParams", "QTensor",
-    "ScaleMode", "Scheme", "__version__", "choose_qparams", "dequantize", "fake_quantize",
-    "Recipe", "analysis", "calib", "formats", "io", "kernels", "load_quantized", "mixed", "nn", "ptq",
-    "qat", "qparams_from_range", "quant", "quantize", "quantize_model", "recipes", "save_quantized",
+                    "PerBlock",
+                    "PerChannel",
+                    "PerGroup",
+                    "PerTensor",
+                    "PerToken",
+                    "QParams",
+                    "QTensor",
+                    "Recipe",
+                    "ScaleMode",
+                    "Scheme",
+                    "__version__",
+                    "analysis",
+                    "calib",
+                    "choose_qparams",
+                    "dequantize",
+                    "fake_quantize",
+                    "formats",
+                    "io",
+                    "kernels",
+                    "load_quantized",
+                    "mixed",
+                    "nn",
+                    "ptq",
+                    "qat",
+                    "qparams_from_range",
+                    "quant",
+                    "quantize",
+                    "quantize_model",
+                    "recipes",
+                    "save_quantized",
 ]

@@ -5,7 +5,8 @@ The C code is plain C over raw buffers (no torch headers, no Python extension AP
 needs only a C compiler at run time and nothing at install time.
 
 * Compiler: ``$CC`` (may carry flags, e.g. ``CC="gcc-12 -g"``) or ``cc``.
-* Cache: ``$LOWBIT_CACHE_DIR`` or ``~/.cache/lowbit/native``, one sub-folder per sha256 of
+* Cache: ``$LOWBIT_CACHE_DIR`` or ``~/.cache/lowbit/native`` (if not writable:
+  ``$TMPDIR/lowbit-native-<uid>``), one sub-folder per sha256 of
   (library name, sources, flags, compiler argv and ``--version``, machine). The shared
   object is compiled to a temporary name in that folder and ``os.replace``-d into place,
   so concurrent first uses (pytest-xdist workers) never load half a file.
@@ -105,15 +106,24 @@ def _build(name: str, sources: Sequence[Path], flags: Sequence[str],
         log.warning("lowbit native %s: cannot hash sources or run the compiler %r (%s)", name,
                     cc, exc)
         return None
-    out = cache_dir() / h.hexdigest()[:20] / f"liblowbit_{name}.so"
-    if out.exists():
-        return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".build-", suffix=".so")
-        os.close(fd)
-    except OSError as exc:
-        log.warning("lowbit native %s: cache folder %s not writable (%s)", name, out.parent, exc)
+    key, lib_name = h.hexdigest()[:20], f"liblowbit_{name}.so"
+    # the cache, else a per-user temporary folder (read-only home, sandboxed CI)
+    roots = [cache_dir(), Path(tempfile.gettempdir()) / f"lowbit-native-{os.getuid()}"]
+    for root in roots:
+        if (root / key / lib_name).exists():
+            return root / key / lib_name
+    for root in roots:
+        out = root / key / lib_name
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".build-", suffix=".so")
+            os.close(fd)
+            break
+        except OSError as exc:
+            log.info("lowbit native %s: folder %s not writable (%s)", name, out.parent, exc)
+    else:
+        log.warning("lowbit native %s: no writable cache folder; using the torch reference",
+                    name)
         return None
     cmd = [*cc, *flags, "-o", tmp, *map(str, sources)]
     try:
@@ -163,7 +173,7 @@ def load(name: str, sources: Sequence[Path], flags: Sequence[str],
                 try:
                     lib = ctypes.CDLL(str(path))
                     declare(lib)
-                except (OSError, AttributeError, TypeError) as exc:
+                except (OSError, AttributeError, TypeError, ValueError) as exc:
                     log.warning("lowbit native %s: cannot load %s (%s)", name, path, exc)
                     lib = None
         _libs[name] = lib

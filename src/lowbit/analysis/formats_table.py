@@ -7,7 +7,7 @@ import torch
 from .. import formats
 from ..quant import Scheme, quantize
 
-__all__ = ["format_rows", "scheme_error_rows", "sqnr_db", "DEMO_SCHEMES"]
+__all__ = ["DEMO_SCHEMES", "format_rows", "scheme_error_rows", "sqnr_db"]
 
 DEMO_SCHEMES = [
     "int8", "int8:channel", "uint8:asym", "int4:channel", "int4:g128", "int4:g32:asym",

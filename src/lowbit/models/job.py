@@ -23,7 +23,7 @@ from . import get_model
 from .data import sentences
 from .metrics import compare, model_bytes
 
-__all__ = ["JobResult", "quantize_job", "layer_summary"]
+__all__ = ["JobResult", "layer_summary", "quantize_job"]
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _interleaved_latency(enc, fp32, quant, repeats: int) -> dict:
 
 
 def quantize_job(model: str = "minilm", recipe="a8w4", calib: int = 256, n_eval: int = 1000,
-                 out: "str | Path | None" = None, progress: bool = True,
+                 out: str | Path | None = None, progress: bool = True,
                  latency_repeats: int = 10) -> JobResult:
     """Quantize ``model`` with ``recipe`` and measure it against FP32 (see module doc)."""
     t0 = time.perf_counter()

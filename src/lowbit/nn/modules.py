@@ -19,7 +19,7 @@ from .. import kernels
 from ..quant import QParams, QTensor, Scheme, quantize
 from .registry import register
 
-__all__ = ["QuantLinear", "QuantConv2d", "QuantEmbedding", "KeepPrecision"]
+__all__ = ["KeepPrecision", "QuantConv2d", "QuantEmbedding", "QuantLinear"]
 
 
 def _act_meta(act: Scheme | None, qp: QParams | None) -> dict:
@@ -111,7 +111,7 @@ class QuantLinear(_QuantMatmul):
     lowbit_kind = "linear"
 
     @classmethod
-    def from_float(cls, mod: torch.nn.Linear, weight: "Scheme | str", act=None, *,
+    def from_float(cls, mod: torch.nn.Linear, weight: Scheme | str, act=None, *,
                    weight_qparams: QParams | None = None, act_qparams: QParams | None = None,
                    input_scale: torch.Tensor | None = None):
         """Quantize ``mod``'s weight (times ``input_scale`` per input channel, SmoothQuant)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["register", "QUANTIZED", "KINDS", "quantized_class"]
+__all__ = ["KINDS", "QUANTIZED", "quantized_class", "register"]
 
 QUANTIZED: dict[type, type] = {}  # float module type -> quantized module class
 KINDS: dict[str, type] = {}  # lowbit_kind -> quantized module class

@@ -19,7 +19,7 @@ from ..nn import KeepPrecision, quantized_class
 from ..recipes import Recipe
 from .gptq import Hessian, gptq
 
-__all__ = ["quantize_model", "make_observer", "run_batches", "smooth_scales"]
+__all__ = ["make_observer", "quantize_model", "run_batches", "smooth_scales"]
 
 _OBSERVERS = {
     "minmax": lambda: calib.MinMax(),
@@ -114,12 +114,13 @@ def _calibrate(model, plan, calib_data, progress: Progress) -> tuple[dict, dict]
     smooth = {n: r for n, r in plan.items()
               if r.smooth is not None and isinstance(modules[n], torch.nn.Linear)}
     static = [n for n, r in plan.items() if r.act is not None and r.act_mode == "static"]
-    gptq_layers = [n for n, r in plan.items() if r.weight_clip == "gptq"]
-    if smooth and calib_data is None and not static and not gptq_layers:
-        warnings.warn(f"SmoothQuant skipped for {len(smooth)} layers: it measures activation "
-                      "channels on calibration data; pass calib_data=batches to apply it",
-                      UserWarning, stacklevel=3)
-        smooth = {}
+    gptq_layers = [n for n, r in plan.items() if r.weight_clip in ("gptq", "gptq_mse")]
+    if calib_data is None and not static and (smooth or gptq_layers):
+        warnings.warn(f"SmoothQuant ({len(smooth)} layers) and GPTQ ({len(gptq_layers)} "
+                      "layers) skipped: they measure the layers' inputs on calibration data "
+                      "(GPTQ layers get their plain clip instead); pass calib_data=batches "
+                      "to apply them", UserWarning, stacklevel=3)
+        return {}, {}
     if not smooth and not static and not gptq_layers:
         return {}, {}
     what = (f"{len(static)} modules have static activations, {len(gptq_layers)} use GPTQ "
@@ -156,11 +157,15 @@ def _build(name, module, rule, observers, scales):
         w = w * scales[name]
     if rule.weight_clip == "mse":
         weight_qparams = calib.mse_search(w, rule.weight)
-    elif rule.weight_clip == "gptq":
+    elif rule.weight_clip == "gptq_mse" and f"{name}#hessian" not in observers:
+        weight_qparams = calib.mse_search(w, rule.weight)  # no calibration data: no GPTQ
+    elif rule.weight_clip in ("gptq", "gptq_mse") and f"{name}#hessian" in observers:
         if not isinstance(module, torch.nn.Linear):
             raise ValueError(f"GPTQ applies to Linear layers; {name!r} is "
                              f"{type(module).__name__}")
-        w_q, weight_qparams = gptq(w, observers[f"{name}#hessian"].value(), rule.weight)
+        clip = "mse" if rule.weight_clip == "gptq_mse" else "minmax"
+        w_q, weight_qparams = gptq(w, observers[f"{name}#hessian"].value(), rule.weight,
+                                   clip=clip)
         # from_float quantizes module.weight (times the smoothing scale) with these qparams:
         # w_q is on their grid, so the codes are GPTQ's (rounding absorbs the ulp that
         # dividing and re-multiplying by a smoothing scale may add).

@@ -43,7 +43,7 @@ class Hessian:
         return self.h.clone()
 
 
-def gptq(weight: torch.Tensor, hessian: torch.Tensor, scheme: "Scheme | str", *,
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, scheme: Scheme | str, *,
          block: int = 128, damp: float = 0.01, clip: str = "minmax"
          ) -> tuple[torch.Tensor, QParams]:
     """GPTQ for a weight [N, K] with a per-channel (``:channel``) or group-wise integer

@@ -28,8 +28,15 @@ from .granularity import PerGroup, blocked_view, scale_shape
 from .qtensor import QTensor
 from .scheme import Scheme
 
-__all__ = ["QParams", "choose_qparams", "qparams_from_range", "quantize", "dequantize",
-           "fake_quantize", "expected_scale_shape"]
+__all__ = [
+    "QParams",
+    "choose_qparams",
+    "dequantize",
+    "expected_scale_shape",
+    "fake_quantize",
+    "qparams_from_range",
+    "quantize",
+]
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -84,7 +91,7 @@ def _safe_scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
     return torch.where(amax > 0, s.clamp(min=_TINY), torch.ones_like(s))
 
 
-def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: "Scheme | str") -> QParams:
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme | str) -> QParams:
     """QParams from a per-block range [lo, hi] (e.g. an observer's), for plain schemes."""
     scheme = Scheme.parse(scheme)
     if scheme.is_block_scaled:
@@ -104,7 +111,7 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: "Scheme | str
     return QParams(_safe_scale(torch.maximum(-lo, hi), fmt.max))
 
 
-def choose_qparams(x: torch.Tensor, scheme: "Scheme | str") -> QParams:
+def choose_qparams(x: torch.Tensor, scheme: Scheme | str) -> QParams:
     """Min-max qparams of ``x`` for a plain scheme (one scale per granularity block)."""
     scheme = Scheme.parse(scheme)
     x = _pad(_check_input(x, scheme), scheme)
@@ -129,7 +136,7 @@ def _broadcast(t: torch.Tensor, block=None) -> torch.Tensor:
     return t.reshape([d for n in t.shape for d in (n, 1)]) if t.dim() else t
 
 
-def quantize(x: torch.Tensor, scheme: "Scheme | str", qparams: QParams | None = None) -> QTensor:
+def quantize(x: torch.Tensor, scheme: Scheme | str, qparams: QParams | None = None) -> QTensor:
     """Quantize ``x`` to a QTensor; qparams are chosen from ``x`` (min-max) unless given.
 
     >>> q = quantize(torch.tensor([[0.5, -1.0, 2.0, 4.0]]), "int8")
@@ -246,7 +253,7 @@ def _inside(x: torch.Tensor, q: QTensor) -> torch.Tensor:
     return ((xb >= lo) & (xb <= hi)).reshape(xp.shape)[..., : x.shape[-1]].to(x.dtype)
 
 
-def fake_quantize(x: torch.Tensor, scheme: "Scheme | str", qparams: QParams | None = None):
+def fake_quantize(x: torch.Tensor, scheme: Scheme | str, qparams: QParams | None = None):
     """``dequantize(quantize(x))``, differentiable with a straight-through gradient.
 
     Returns a tensor of x's dtype; equal to the real quantize-dequantize path exactly.

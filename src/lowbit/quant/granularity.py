@@ -20,8 +20,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Granularity", "PerTensor", "PerChannel", "PerToken", "PerGroup", "PerBlock",
-           "blocked_view", "scale_shape"]
+__all__ = [
+    "Granularity",
+    "PerBlock",
+    "PerChannel",
+    "PerGroup",
+    "PerTensor",
+    "PerToken",
+    "blocked_view",
+    "scale_shape",
+]
 
 
 class Granularity:

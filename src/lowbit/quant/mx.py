@@ -20,8 +20,17 @@ import torch
 from ..formats import FloatFormat, IntFormat
 from .scheme import ScaleMode, Scheme
 
-__all__ = ["element_emax", "element_max", "multiplier", "mx_encode", "mx_decode",
-           "nvfp4_encode", "nvfp4_decode", "nvfp4_tensor_scale", "F32_MIN_NORMAL"]
+__all__ = [
+    "F32_MIN_NORMAL",
+    "element_emax",
+    "element_max",
+    "multiplier",
+    "mx_decode",
+    "mx_encode",
+    "nvfp4_decode",
+    "nvfp4_encode",
+    "nvfp4_tensor_scale",
+]
 
 F32_MIN_NORMAL = 2.0**-126
 _E4M3_MAX = 448.0

@@ -22,7 +22,7 @@ from .. import formats
 from ..formats import FloatFormat, Format, IntFormat, Rounding
 from .granularity import Granularity, PerBlock, PerChannel, PerGroup, PerTensor, PerToken
 
-__all__ = ["Scheme", "ScaleMode", "BLOCK_FORMATS"]
+__all__ = ["BLOCK_FORMATS", "ScaleMode", "Scheme"]
 
 
 class ScaleMode(enum.Enum):
@@ -61,7 +61,7 @@ class Scheme:
     """
 
     format: Format
-    granularity: Granularity = PerTensor()
+    granularity: Granularity = PerTensor()  # noqa: RUF009 (frozen, immutable)
     symmetric: bool = True
     scale_format: FloatFormat = _FP32
     rounding: Rounding = Rounding.NEAREST_EVEN
@@ -105,14 +105,14 @@ class Scheme:
     def bits(self) -> int:
         return self.format.bits
 
-    def with_(self, **changes) -> "Scheme":
+    def with_(self, **changes) -> Scheme:
         """A copy with some fields changed: ``scheme.with_(symmetric=False)``."""
         return replace(self, **changes)
 
     # -- strings at the edge ------------------------------------------------------------
 
     @classmethod
-    def parse(cls, text: "str | Scheme") -> "Scheme":
+    def parse(cls, text: str | Scheme) -> Scheme:
         """``Scheme.parse("int4:g128:asym")``; see the module docstring for the grammar."""
         if isinstance(text, Scheme):
             return text

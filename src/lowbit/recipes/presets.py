@@ -49,9 +49,12 @@ PRESETS: dict[str, dict] = {
         "rules": _all("int8:channel", "int8:token", _MATMUL, smooth=0.5),
     },
     "a8w4": {
-        "description": "dynamic per-token int8 activations, int4 weights in groups of 128 "
-                       "with MSE-searched clipping per group",
-        "rules": _all("int4:g128", "int8:token", weight_clip="mse"),
+        "description": "dynamic per-token int8 activations after SmoothQuant (alpha 0.5), int4 "
+                       "weights in groups of 128 rounded by GPTQ with MSE-clipped groups; "
+                       "embeddings int6 per row (to fit 16 MB for MiniLM)",
+        "rules": [{"types": ["Linear"], "weight": "int4:g128", "weight_clip": "gptq_mse",
+                   "act": "int8:token", "smooth": 0.5},
+                  {"types": ["Embedding"], "weight": "int6:channel"}],
     },
     "w4a16": {
         "description": "weight-only int4, groups of 128, asymmetric; activations stay float",
@@ -85,13 +88,17 @@ PRESETS: dict[str, dict] = {
     },
     "bert-a8w4": {
         "description": "the seed's BERT recipe: attention q/k/v/output and feed-forward "
-                       "projections A8W4 (int4 g128 MSE-clipped weights, dynamic int8 "
-                       "per-token activations), LayerNorm kept in fp16, embeddings int8 per "
-                       "row; names follow transformers' BertModel",
+                       "projections A8W4 (int4 g128 weights, GPTQ with MSE-clipped groups, "
+                       "dynamic int8 per-token activations after SmoothQuant), LayerNorm kept "
+                       "in fp16, embeddings quantized per row (the word table int6 so the "
+                       "model fits 16 MB, position/type tables int8); names follow "
+                       "transformers' BertModel",
         "rules": [
             {"pattern": "*LayerNorm", "types": ["LayerNorm"], "keep": "fp16"},
             {"pattern": "encoder.layer.*", "types": ["Linear"], "weight": "int4:g128",
-             "weight_clip": "mse", "act": "int8:token"},
+             "weight_clip": "gptq_mse", "act": "int8:token", "smooth": 0.5},
+            {"pattern": "embeddings.word_embeddings", "types": ["Embedding"],
+             "weight": "int6:channel"},
             {"pattern": "embeddings.*", "types": ["Embedding"], "weight": "int8:channel"},
         ],
     },

@@ -36,9 +36,10 @@ KEEP_DTYPES = ("fp32", "fp16", "bf16")
 # percentile -> Percentile, entropy / mse -> Histogram(method="entropy" / "mse").
 OBSERVERS = ("minmax", "moving_average", "percentile", "entropy", "mse")
 # How weights are rounded: minmax = the block's amax; mse = the clip ratio per block (group)
-# that minimises the squared error of the quantized weight; gptq = GPTQ's error feedback
-# over the layer's calibration inputs (min-max groups; needs calibration data).
-WEIGHT_CLIPS = ("minmax", "mse", "gptq")
+# that minimises the squared error of the quantized weight; gptq / gptq_mse = GPTQ's error
+# feedback over the layer's calibration inputs, with min-max or MSE-searched group ranges
+# (the reference quantizer's mse option); both need calibration data.
+WEIGHT_CLIPS = ("minmax", "mse", "gptq", "gptq_mse")
 
 
 def _one_of(value, allowed, what: str):
@@ -71,8 +72,9 @@ class Rule:
         act_mode: ``"dynamic"`` or ``"static"``; default from ``act`` (see module doc).
         observer: static activations only: ``minmax``, ``moving_average``,
             ``percentile``, ``entropy`` or ``mse``; default ``minmax``.
-        weight_clip: ``minmax`` (default), ``mse`` (MSE-searched clip per block) or
-            ``gptq`` (GPTQ over the calibration inputs; per-channel or group-wise int).
+        weight_clip: ``minmax`` (default), ``mse`` (MSE-searched clip per block), or
+            ``gptq`` / ``gptq_mse`` (GPTQ over the calibration inputs with min-max or
+            MSE-searched group ranges; per-channel or group-wise int, Linear only).
         keep: ``fp32``, ``fp16`` or ``bf16``: leave the module in that float format
             instead of quantizing it (excludes weight/act).
         smooth: SmoothQuant migration strength alpha in (0, 1]: per input channel j the

@@ -18,7 +18,7 @@ scale per row (or one per tensor, static quantization) skip the first two lines
 Example (one row, one output, K = 2): x = [127, 2.5] -> s_x = 1, qx = [127, 2] (2.5 ties
 to even); w = [3, -1] with s_w = 0.5 -> acc = 379, y = 189.5.
 
-Paths (``isa()``): ``avx512_vnni`` (vpdpbusd on offset-binary weights, see a8w8.c),
+Paths (:func:`a8w8_isa`): ``avx512_vnni`` (vpdpbusd on offset-binary weights, see a8w8.c),
 ``scalar`` (portable C; what an AVX2-only CPU runs), ``reference`` (pure torch, when
 no native library: no compiler or ``LOWBIT_NATIVE=0``). ``LOWBIT_NATIVE_ISA`` and
 ``LOWBIT_NUM_THREADS`` work as for the A8W4 kernel.
@@ -37,8 +37,8 @@ from torch import Tensor
 
 from . import _build
 
-__all__ = ["MAX_K", "PackedA8W8", "a8w8_accumulators", "a8w8_isa", "a8w8_linear", "a8w8_linear_codes",
-           "pack_a8w8", "reference_a8w8_linear", "unpack_a8w8"]
+__all__ = ["MAX_K", "PackedA8W8", "a8w8_accumulators", "a8w8_isa", "a8w8_linear",
+           "a8w8_linear_codes", "pack_a8w8", "reference_a8w8_linear", "unpack_a8w8"]
 
 _TINY = torch.finfo(torch.float32).tiny
 _LEVELS = {"avx512_vnni": 2, "scalar": 0, "reference": -1}
