@@ -76,26 +76,50 @@ def _interleaved_latency(enc, fp32, quant, repeats: int) -> dict:
     return out
 
 
-def quantize_job(model: str = "minilm", recipe="a8w4", calib: int = 256, n_eval: int = 1000,
-                 out: str | Path | None = None, progress: bool = True,
-                 latency_repeats: int = 10) -> JobResult:
-    """Quantize ``model`` with ``recipe`` and measure it against FP32 (see module doc)."""
+@dataclass
+class Reference:
+    """The FP32 side of a comparison, computed once: the encoder, the evaluation and
+    calibration sentences, and the FP32 embeddings of the evaluation sentences."""
+
+    encoder: object
+    eval_text: list
+    calib_text: list
+    embeddings: torch.Tensor
+
+    @classmethod
+    def build(cls, model: str = "minilm", calib: int = 256, n_eval: int = 1000) -> Reference:
+        enc = get_model(model)
+        eval_text = sentences("eval", n_eval)
+        calib_text = sentences("calib", calib) if calib else []
+        return cls(enc, eval_text, calib_text, enc.embed(eval_text))
+
+
+def run_recipe(ref: Reference, recipe, out: str | Path | None = None, progress: bool = True,
+               latency_repeats: int = 10) -> JobResult:
+    """Quantize a copy of ``ref``'s model with ``recipe`` and measure it against FP32."""
     t0 = time.perf_counter()
     recipe = Recipe.resolve(recipe)
-    enc = get_model(model)
-    fp32 = enc.model
-    eval_text = sentences("eval", n_eval)
-    calib_text = sentences("calib", calib) if calib else []
-    ref = enc.embed(eval_text)
+    enc, fp32 = ref.encoder, ref.encoder.model
     quant = copy.deepcopy(fp32)
-    quantize_model(quant, recipe, calib_data=enc.batches(calib_text) if calib_text else None,
-                   progress=progress)
-    quality = compare(ref, enc.embed(eval_text, model=quant))
+    calib = enc.batches(ref.calib_text) if ref.calib_text else None
+    quantize_model(quant, recipe, calib_data=calib, progress=progress)
+    quality = compare(ref.embeddings, enc.embed(ref.eval_text, model=quant))
     latency = _interleaved_latency(enc, fp32, quant, latency_repeats)
     saved = None
     if out is not None:
         save_quantized(quant, out, recipe=recipe)
         saved = str(out)
-    return JobResult(enc.name, recipe.name, len(eval_text), len(calib_text), model_bytes(fp32),
-                     model_bytes(quant), quality, latency, layer_summary(quant), saved,
-                     time.perf_counter() - t0)
+    return JobResult(enc.name, recipe.name, len(ref.eval_text), len(ref.calib_text),
+                     model_bytes(fp32), model_bytes(quant), quality, latency,
+                     layer_summary(quant), saved, time.perf_counter() - t0)
+
+
+def quantize_job(model: str = "minilm", recipe="a8w4", calib: int = 256, n_eval: int = 1000,
+                 out: str | Path | None = None, progress: bool = True,
+                 latency_repeats: int = 10) -> JobResult:
+    """Quantize ``model`` with ``recipe`` and measure it against FP32 (see module doc)."""
+    t0 = time.perf_counter()
+    result = run_recipe(Reference.build(model, calib, n_eval), recipe, out, progress,
+                        latency_repeats)
+    result.seconds = time.perf_counter() - t0
+    return result
