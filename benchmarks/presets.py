@@ -10,6 +10,12 @@ layers run. The FP32 reference embeddings are computed once.
 
 from __future__ import annotations
 
+import os
+
+# As in `lowbit quantize`: torch's OpenMP workers wait passively, so they do not spin on the
+# core the native kernels' second thread needs (set before torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import platform
