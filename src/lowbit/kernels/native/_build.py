@@ -14,8 +14,8 @@ from ... import _native
 
 ISA_NAMES = ("scalar", "avx2", "avx512_vnni")  # index = level reported by the C code
 _HERE = Path(__file__).parent
-_SOURCES = ("common.c", "a8w4.c", "a8w8.c")
-_HEADERS = ("common.h",)  # hashed into the cache key, not compiled
+_SOURCES = [_HERE / s for s in ("common.c", "a8w4.c", "a8w8.c")]
+_HEADERS = [_HERE / "common.h"]  # hashed into the cache key, not compiled
 _FLAGS = ("-O3",)
 
 
@@ -38,5 +38,4 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def library() -> ctypes.CDLL | None:
     """The loaded kernels library, building it on first call; ``None`` when unavailable."""
-    return _native.load("kernels", [_HERE / s for s in _SOURCES], _FLAGS, _declare,
-                        depends=[_HERE / h for h in _HEADERS])
+    return _native.load("kernels", _SOURCES, _FLAGS, _declare, depends=_HEADERS)
