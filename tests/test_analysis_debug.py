@@ -9,30 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import Tiny
 
 import lowbit as lb
 from lowbit.analysis import debug, sqnr_db
 from lowbit.analysis.stats import ErrorStats, RunningStats, outlier_stats
 from lowbit.nn import QuantLinear
 from lowbit.recipes import Recipe, Rule
-
-
-class Tiny(torch.nn.Module):
-    """Embedding -> Linear -> ReLU -> Linear; fc2 has a planted weight outlier."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.emb = torch.nn.Embedding(50, 128)
-        self.fc1 = torch.nn.Linear(128, 256)
-        self.fc2 = torch.nn.Linear(256, 128)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            self.fc2.weight[:, 7] *= 40  # one input column 40x the rest: bad for per-channel
-
-    def forward(self, ids):
-        return self.fc2(torch.relu(self.fc1(self.emb(ids))))
 
 
 def _data(n=3):

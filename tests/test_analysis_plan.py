@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import Tiny
 
 from lowbit.analysis import (
     bench_gemm,
@@ -23,22 +24,6 @@ from lowbit.analysis.advisor import _knapsack
 from lowbit.analysis.bench import is_emulated
 from lowbit.ptq import quantize_model
 from lowbit.recipes import Recipe, Rule
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.emb = torch.nn.Embedding(50, 128)
-        self.fc1 = torch.nn.Linear(128, 256)
-        self.fc2 = torch.nn.Linear(256, 128)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            self.fc2.weight[:, 7] *= 40  # fc2 is the sensitive layer under per-channel int4
-
-    def forward(self, ids):
-        return self.fc2(torch.relu(self.fc1(self.emb(ids))))
 
 
 def _data(n=2):
