@@ -25,28 +25,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_name
 
 from lowbit.kernels import native as nt
 
 L3_BYTES = 32 << 20
 GROUP = 128
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def quantize_int4(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:

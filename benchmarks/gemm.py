@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_name
 
 import lowbit as lb
 import lowbit.kernels as K
@@ -167,17 +167,6 @@ def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 *
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
@@ -196,7 +185,7 @@ def main(argv=None):
         have_ort, ort_v = True, ort.__version__
     except ImportError:
         have_ort, ort_v = False, "not installed"
-    print(f"# {_cpu_name()}, {torch.get_num_threads()} threads, "
+    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, onnxruntime {ort_v}, lowbit {lb.__version__}")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     modes = ("hot", "cold") if args.mode == "both" else (args.mode,)

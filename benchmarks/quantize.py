@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 import lowbit as lb
 from lowbit import _native
@@ -39,16 +38,6 @@ from lowbit.quant import fast
 from lowbit.quant import native as nat
 
 SCHEMES = ["int8", "int8:channel", "int4:g128", "fp8_e4m3fn", "mxfp8", "mxfp4", "nvfp4"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timeit(fn, runs: int, pause: float = 0.02) -> float:
