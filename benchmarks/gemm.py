@@ -17,15 +17,24 @@ Per shape (M, K, N) it times y = x @ W.T (W [N, K]) with, in one process:
   W8A16           lowbit K.linear, bf16 x, W int8 per channel (weight-only)
 
 Method (2 shared cores: thread pools of onnxruntime/OpenMP/OpenBLAS keep spinning after a
-call and slow the next one): a pause before every sample, the order of methods rotated on
-every round, the median of the rounds. "hot": the same weight every call (in cache when it
-fits); "cold": a rotation through enough copies of the weight to exceed 3x the 32 MiB L3.
+call and slow the next one): every sample starts with a pause (the other pools go idle),
+then untimed calls for --warm-ms (at least one: on this VM the first calls after an idle
+pause run 2-5x slower while the cores and the method's own threads wake up; they also
+fill the cache when hot), then --reps timed back-to-back calls (3 when a call takes over
+10 ms), as a model's forward pass makes them; a sample is the median of those calls, the result the median of the rounds, with the order of methods
+rotated on every round. "hot": the same weight every call (in cache when it fits);
+"cold": a rotation through enough copies of the weight to exceed 3x the 32 MiB L3, so
+every call reads its weight from memory. onnxruntime keeps its default spinning workers
+when hot (one session); cold needs a session per weight copy, and a dozen sessions'
+spinning workers slow every other method several-fold (fp32 3.3 -> 23 ms at M=1), so
+there its sessions run with allow_spinning=0.
 Prints ms, GOP/s (2*M*K*N per second) and the speed ratio to fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import time
@@ -41,7 +50,7 @@ SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 4096, 4096), (512, 1024, 1024
           (2048, 4096, 4096)]
 
 
-def _ort_int8(w: torch.Tensor):
+def _ort_int8(w: torch.Tensor, spin: bool):
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -58,10 +67,10 @@ def _ort_int8(w: torch.Tensor):
         helper.make_node("Mul", ["xs", "WS"], ["s"]),
         helper.make_node("Mul", ["accf", "s"], ["y"]),
     ]
-    return _ort_session(nodes, inits, k, n, [helper.make_opsetid("", 17)])
+    return _ort_session(nodes, inits, k, n, [helper.make_opsetid("", 17)], spin)
 
 
-def _ort_nbits(w: torch.Tensor, block: int = 128):
+def _ort_nbits(w: torch.Tensor, spin: bool, block: int = 128):
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -73,10 +82,10 @@ def _ort_nbits(w: torch.Tensor, block: int = 128):
     nodes = [helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft",
                               K=k, N=n, bits=4, block_size=block, accuracy_level=4)]
     return _ort_session(nodes, inits, k, n, [helper.make_opsetid("", 17),
-                                             helper.make_opsetid("com.microsoft", 1)])
+                                             helper.make_opsetid("com.microsoft", 1)], spin)
 
 
-def _ort_session(nodes, inits, k, n, opsets):
+def _ort_session(nodes, inits, k, n, opsets, spin):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -87,6 +96,8 @@ def _ort_session(nodes, inits, k, n, opsets):
     model.ir_version = 9  # readable by every onnxruntime since 1.15
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
+    if not spin:  # cold mode holds a dozen sessions: their idle workers would spin for ever
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {"x": x})[0]
@@ -100,7 +111,7 @@ def _ao_linear(w: torch.Tensor):
                                                   dtype=torch.qint8)
 
 
-def methods(w: torch.Tensor, have_ort: bool):
+def methods(w: torch.Tensor, have_ort: bool, cold: bool = False):
     """name -> (build(w) -> state, run(state, x_fp32, x_bf16), bytes of one weight)."""
     n, k = w.shape
     m = {
@@ -121,8 +132,10 @@ def methods(w: torch.Tensor, have_ort: bool):
                          lambda s, x, xb: K.linear(xb, s), n * k),
     }
     if have_ort:
-        m["A8W8 onnxruntime"] = (_ort_int8, lambda s, x, xb: s(x.numpy()), n * k)
-        m["A8W4 ort MatMulNBits"] = (_ort_nbits, lambda s, x, xb: s(x.numpy()), n * k // 2)
+        m["A8W8 onnxruntime"] = (lambda w: _ort_int8(w, not cold), lambda s, x, xb: s(x.numpy()),
+                                  n * k)
+        m["A8W4 ort MatMulNBits"] = (lambda w: _ort_nbits(w, not cold),
+                                      lambda s, x, xb: s(x.numpy()), n * k // 2)
     return m
 
 
@@ -137,13 +150,14 @@ def x_i8(x):
     return _XI8[key]
 
 
-def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 * 2**20):
+def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 * 2**20,
+                reps=7, warm_s=0.01):
     mm, k, n = shape
     torch.manual_seed(0)
     w = torch.randn(n, k) / math.sqrt(k)
     x = torch.randn(mm, k)
     xb = x.bfloat16()
-    table = methods(w, have_ort)
+    table = methods(w, have_ort, cold=mode == "cold")
     if only:
         table = {name: v for name, v in table.items() if any(o in name for o in only)}
     states = {}
@@ -154,16 +168,26 @@ def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 *
         for st in states[name]:  # warm up every copy: lazy packing, first-call costs
             run(st, x, xb)
     times = {name: [] for name in table}
+    turn = {name: itertools.cycle(states[name]) for name in table}  # cold: never a recent copy
     names = list(table)
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            run = table[name][1]
-            st = states[name][r % len(states[name])]
-            time.sleep(pause)
+            run, copies = table[name][1], turn[name]
+            time.sleep(pause)  # let every other pool go idle first
             t0 = time.perf_counter()
-            run(st, x, xb)
-            times[name].append(time.perf_counter() - t0)
+            calls = [t0]
+            while len(calls) == 1 or (calls[-1] - t0 < warm_s and len(calls) < 200):
+                run(next(copies), x, xb)
+                calls.append(time.perf_counter())
+            timed = reps if calls[1] - t0 < 0.01 else 3  # big shapes: fewer, long calls
+            burst = []
+            for _ in range(timed):
+                st = next(copies)
+                t1 = time.perf_counter()
+                run(st, x, xb)
+                burst.append(time.perf_counter() - t1)
+            times[name].append(statistics.median(burst))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -174,6 +198,10 @@ def main(argv=None):
     ap.add_argument("--mode", choices=("hot", "cold", "both"), default="both")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--pause", type=float, default=0.05, help="seconds before each sample")
+    ap.add_argument("--reps", type=int, default=7,
+                    help="timed back-to-back calls per sample, after the warm-up calls")
+    ap.add_argument("--warm-ms", type=float, default=10.0,
+                    help="untimed calls for at least this long before each sample")
     ap.add_argument("--only", default="", help="comma-separated substrings of method names")
     ap.add_argument("--cold-mib", type=int, default=96,
                     help="cold mode: weight copies totalling at least this many MiB (3x L3)")
@@ -193,7 +221,8 @@ def main(argv=None):
     for mode in modes:
         for shape in shapes:
             res = bench_shape(shape, mode, args.rounds, args.pause, have_ort, only,
-                              args.cold_mib * 2**20)
+                              args.cold_mib * 2**20, args.reps,
+                              args.warm_ms / 1e3)
             gop = 2 * math.prod(shape) / 1e9
             base = res.get("fp32 torch")
             print(f"\n## M={shape[0]} K={shape[1]} N={shape[2]}, weights {mode}")

@@ -278,6 +278,42 @@ def test_packed_forms_are_rebuilt_when_the_weight_changes():
         assert torch.equal(y1, reference.integer_reference(Problem(x, pw)))
 
 
+_SMOOTH_CASES = [  # (weight, act, x dtype): fused native paths, torch paths, the references
+    ("int8:channel", "int8:token", torch.float32), ("int4:g32", "int8:token", torch.float32),
+    ("int8:channel", ("int8", lb.QParams(torch.tensor(0.05))), torch.float32),
+    ("int4:g32", None, torch.bfloat16), ("int5:channel", "int8:token", torch.float32),
+    ("fp8_e4m3fn:channel", "fp8_e4m3fn:token", torch.float32), (None, None, torch.float32),
+]
+
+
+@pytest.mark.parametrize("wscheme,act,dtype", _SMOOTH_CASES)
+def test_input_scale_multiplies_x_by_its_reciprocal_on_every_path(wscheme, act, dtype):
+    """prepare(w, act, input_scale=s) == prepare(w, act) applied to x * (1 / s), bit for bit,
+    whether the path fuses the multiplication (native int8) or not."""
+    x = _rand(2, 5, 64).to(dtype)
+    s = torch.rand(64, generator=torch.Generator().manual_seed(5)) * 3 + 0.1
+    w = _rand(24, 64, seed=1)
+    q = w.to(dtype) if wscheme is None else lb.quantize(w, wscheme)
+    smoothed = K.prepare(q, act, input_scale=s)
+    plain = K.prepare(q, act)
+    xs = (x.float() * (1 / s)).to(dtype)
+    assert K.backend(x, smoothed) == K.backend(xs, plain)
+    assert torch.equal(K.linear(x, smoothed), K.linear(xs, plain)), K.backend(x, smoothed)
+
+
+def test_input_scale_errors():
+    q = lb.quantize(_rand(8, 32), "int8:channel")
+    with pytest.raises(ValueError, match=r"input_scale: expected a float tensor of shape \[32\]"):
+        K.prepare(q, "int8:token", input_scale=torch.ones(31))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        s = torch.ones(32)
+        s[3] = bad
+        with pytest.raises(ValueError, match="input_scale: every value must be finite and > 0"):
+            K.prepare(q, "int8:token", input_scale=s)
+    with pytest.raises(ValueError, match="x: the weight was prepared with an input_scale"):
+        K.linear(lb.quantize(_rand(2, 32), "int8:token"), K.prepare(q, input_scale=torch.ones(32)))
+
+
 def test_errors_name_the_argument():
     x, w = _rand(2, 32), _rand(4, 32)
     q = lb.quantize(w, "int8:channel")

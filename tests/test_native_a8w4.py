@@ -64,6 +64,25 @@ def test_bit_exact_all_paths(m, n, k, g, sym):
         assert torch.equal(nt.a8w4_accumulators(x, pw, isa=path), ref_acc), path
 
 
+@pytest.mark.parametrize("m,n,k,g", [(1, 7, 64, 32), (17, 33, 96, 32), (64, 20, 1024, 128)])
+def test_fused_column_multiplier_is_the_premultiplied_input(m, n, k, g):
+    """x_mul (SmoothQuant's 1 / s) is applied inside the quantization: bit for bit the
+    result of multiplying x first, on every path, odd K tails included."""
+    x, codes, scales, zeros, bias = _problem(m, n, k, g, sym=True, seed=k, zero_rows=(0,))
+    x_mul = torch.rand(k, generator=torch.Generator().manual_seed(1)) * 4 + 0.05
+    packed = _canonical(codes)
+    pw = nt.pack_a8w4(packed, scales, zeros, group_size=g)
+    ref = nt.reference_a8w4_linear(x * x_mul, packed, scales, zeros, group_size=g, bias=bias)
+    ref_acc = nt.reference_a8w4_accumulators(x * x_mul, packed, scales, zeros, group_size=g)
+    for path in PATHS:
+        assert torch.equal(nt.a8w4_linear(x, pw, bias, isa=path, x_mul=x_mul), ref), path
+        assert torch.equal(nt.a8w4_accumulators(x, pw, isa=path, x_mul=x_mul), ref_acc), path
+    with pytest.raises(ValueError, match=r"x_mul: expected a CPU float32 tensor of shape"):
+        nt.a8w4_linear(x, pw, x_mul=x_mul[:-1])
+    with pytest.raises(ValueError, match="x_mul"):
+        nt.a8w4_linear(x, pw, x_mul=x_mul.double())
+
+
 @pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
 def test_reference_matches_float_math(sym):
     """The reference is the dequantized product, up to fp32 rounding (independent check)."""

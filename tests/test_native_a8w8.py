@@ -63,6 +63,21 @@ def test_every_path_is_bit_exact_with_the_reference(m, k, n, wscheme):
         assert torch.equal(nat.a8w8_linear(p.x, pw, p.bias, isa=isa), want), isa
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 64, 33), (17, 100, 31), (64, 4100, 19)])
+def test_fused_column_multiplier_is_the_premultiplied_input(m, k, n):
+    """x_mul (SmoothQuant's 1 / s) fused into the quantization == multiplying x first."""
+    p = _problem(m, k, n)
+    x_mul = torch.rand(k, generator=torch.Generator().manual_seed(3)) * 4 + 0.05
+    pw = _packed(p)
+    want = nat.a8w8_linear(p.x * x_mul, pw, p.bias, isa=ISAS[-1])
+    want_acc = nat.a8w8_accumulators(p.x * x_mul, pw, isa=ISAS[-1])
+    for isa in ISAS:
+        assert torch.equal(nat.a8w8_linear(p.x, pw, p.bias, isa=isa, x_mul=x_mul), want), isa
+        assert torch.equal(nat.a8w8_accumulators(p.x, pw, isa=isa, x_mul=x_mul), want_acc), isa
+    with pytest.raises(ValueError, match=r"x_mul: expected a CPU float32 tensor of shape"):
+        nat.a8w8_linear(p.x, pw, x_mul=x_mul[None])
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 64, 33), (17, 4096, 31), (257, 100, 17)])
 def test_registry_runs_it_first_and_matches_int_mm(m, k, n):
     p = _problem(m, k, n)

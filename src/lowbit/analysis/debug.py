@@ -144,7 +144,7 @@ class _Probe:
             x = F.unfold(x.float(), g["kernel_size"], g["dilation"], g["padding"], g["stride"])
             x = x.transpose(1, 2)
         x2 = x.reshape(-1, x.shape[-1]).float()
-        return x2 if self.s is None else x2 / self.s
+        return x2 if self.s is None else x2 * (1 / self.s.float())  # as the kernels do
 
     def hook(self, mod, args, kwargs, out):
         with torch.no_grad():

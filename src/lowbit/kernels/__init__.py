@@ -51,10 +51,11 @@ def _register_all():
         rounds_output=True)
     reg("float", "int4", "cpu.w4.dequant", cpu_int4.dequant_linear, cpu_int4.dequant_supports,
         rounds_output=True)
-    reg("int8", "int8", "cpu.a8w8", cpu_int8.a8w8_linear, cpu_int8.a8w8_supports)
+    reg("int8", "int8", "cpu.a8w8", cpu_int8.a8w8_linear, cpu_int8.a8w8_supports,
+        scales_input=True)
     reg("int8", "int8", "cpu.int8.int_mm", cpu_int8.int_mm_linear, cpu_int8.int_mm_supports)
-    a8w4 = Impl("cpu.a8w4", cpu_int4.a8w4_linear, cpu_int4.a8w4_supports)
-    reg("int8", "int4", a8w4.name, a8w4.fn, a8w4.supports)
+    reg("int8", "int4", "cpu.a8w4", cpu_int4.a8w4_linear, cpu_int4.a8w4_supports,
+        scales_input=True)
     for w in ("float", "int8", "int4", "int"):
         reg("float", w, "reference", reference.float_reference, reference=True)
     for a in ("int8", "int"):
@@ -126,6 +127,8 @@ def _linear_problem(x, w, bias, act, out_dtype, rounding) -> Problem:
 
 def _run(p: Problem) -> Tensor:
     impl = registry.select(p)
+    if not impl.scales_input:
+        p.apply_x_mul()
     y = impl.fn(p)
     if not impl.rounds_output:
         y = mixed.round_output(y, p.out_dtype, p.rounding)

@@ -102,7 +102,7 @@ def _pack_native(w: QTensor):
 def a8w4_linear(p: Problem) -> Tensor:
     packed = p.w.form("cpu.a8w4", _pack_native)
     bias = None if p.bias is None else p.bias.float()
-    return native_module().a8w4_linear(p.x.float().contiguous(), packed, bias)
+    return native_module().a8w4_linear(p.x.float().contiguous(), packed, bias, x_mul=p.x_mul)
 
 
 # -- weight-only int4 (torch's int4pack) ----------------------------------------------------

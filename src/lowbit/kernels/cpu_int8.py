@@ -109,6 +109,7 @@ def _wsum(w: QTensor) -> Tensor:
 
 def a8w8_accumulators(p: Problem) -> Tensor:
     """The exact int32 accumulator [M, N] of the ``cpu.int8.int_mm`` path (test hook)."""
+    p.apply_x_mul()
     a, ca, _ = _activation(p)
     return _int_mm_acc(p, a, ca)
 
@@ -169,8 +170,9 @@ def _native_run(p: Problem, want_acc: bool) -> Tensor:
     if _native_form(p) == "dynamic":
         x = p.x.float()
         if want_acc:
-            return mod.a8w8_accumulators(x, packed)
-        return mod.a8w8_linear(x, packed, bias)
+            return mod.a8w8_accumulators(x, packed, x_mul=p.x_mul)
+        return mod.a8w8_linear(x, packed, bias, x_mul=p.x_mul)
+    p.apply_x_mul()  # static / given codes: quantized by torch, from the scaled x
     a, ca, sx = _activation(p)
     if want_acc:
         return mod.a8w8_accumulators(None, packed, codes=(a, sx, ca))

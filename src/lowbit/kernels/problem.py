@@ -94,7 +94,10 @@ class PackedWeight:
     """A weight ``[N, K]`` prepared once for :func:`lowbit.kernels.linear`.
 
     Holds the weight (a float Tensor or QTensor), the activation scheme it is used with,
-    and the backend-specific packed forms (oneDNN prepacked int8, the native A8W4 layout,
+    SmoothQuant's per-input-channel ``input_scale`` s if any (the weight was multiplied by
+    s; inputs are multiplied by ``x_mul`` = 1 / s, computed once in fp32, before anything
+    else: the fast int8 paths fuse that into their activation quantization), and the
+    backend-specific packed forms (oneDNN prepacked int8, the native A8W4 layout,
     torch's int4pack...), each built the first time its backend runs. A quantized module
     keeps one of these per Linear.
 
@@ -103,12 +106,13 @@ class PackedWeight:
     version counter on every call), so a stale packing is never used.
     """
 
-    def __init__(self, weight, act=None):
+    def __init__(self, weight, act=None, input_scale: Tensor | None = None):
         kind = operand_kind(weight, "w")
         if len(weight.shape) != 2:
             raise ValueError(f"w: the weight must be 2-D [N, K] (nn.Linear layout); got shape "
                              f"{tuple(weight.shape)}")
         self.weight = weight
+        self.x_mul = None if input_scale is None else _reciprocal(input_scale, weight.shape[1])
         self.kind = kind
         self.act, self.act_qparams = parse_act(act)
         if self.act is not None and kind == "float":
@@ -149,9 +153,21 @@ class PackedWeight:
                 f"{self.act if self.act is None else str(self.act)}, forms={list(self._forms)})")
 
 
-def prepare(w, act=None) -> PackedWeight:
-    """Prepare a weight ``[N, K]`` (Tensor or QTensor) and activation scheme for ``linear``."""
-    return PackedWeight(w, act)
+def _reciprocal(input_scale, k: int) -> Tensor:
+    if not isinstance(input_scale, Tensor) or not input_scale.dtype.is_floating_point \
+            or tuple(input_scale.shape) != (k,):
+        raise ValueError(f"input_scale: expected a float tensor of shape [{k}] (one per input "
+                         f"channel); got {getattr(input_scale, 'shape', type(input_scale))}")
+    s = input_scale.detach().float().cpu()
+    if not bool(torch.isfinite(s).all() and (s > 0).all()):
+        raise ValueError("input_scale: every value must be finite and > 0")
+    return (1.0 / s).contiguous()
+
+
+def prepare(w, act=None, input_scale: Tensor | None = None) -> PackedWeight:
+    """Prepare a weight ``[N, K]`` (Tensor or QTensor) and activation scheme for ``linear``;
+    ``input_scale`` [K]: SmoothQuant's scale, inputs are multiplied by 1 / input_scale."""
+    return PackedWeight(w, act, input_scale)
 
 
 class Problem:
@@ -159,6 +175,8 @@ class Problem:
 
     Attributes:
         x: float Tensor [M, K], or the activation QTensor as given (any leading shape).
+        x_mul: None or fp32 [K]: x's columns are still to be multiplied by it (the
+            weight's SmoothQuant 1 / s); :meth:`apply_x_mul` does it, fused paths do not.
         w: the PackedWeight [N, K].  act / act_qparams: the activation scheme, if any.
         bias: None or float [N].  out_dtype: torch dtype.  rounding: Rounding of the output.
         m, k, n: sizes.  lead: leading shape of the output.  key: (act kind, weight kind).
@@ -181,6 +199,10 @@ class Problem:
         self.lead = tuple(x.shape[:-1])
         self.m, self.k, self.n = int(torch.Size(self.lead).numel()), k, n
         self.x = x.reshape(self.m, k) if isinstance(x, Tensor) else x
+        self.x_mul = w.x_mul
+        if self.x_mul is not None and x_kind != "float":
+            raise ValueError("x: the weight was prepared with an input_scale (SmoothQuant); "
+                             "pass float activations, not a QTensor")
         if self.act is None:
             act_kind = x_kind
         elif not act_given:
@@ -206,6 +228,13 @@ class Problem:
             raise ValueError("rounding: stochastic rounding is not an output mode; use "
                              "nearest_even, nearest_away, toward_zero, floor, ceil or odd")
         self._xq = None
+
+    def apply_x_mul(self) -> None:
+        """Multiply x by x_mul now (paths that do not fuse it); x keeps its dtype."""
+        if self.x_mul is not None:
+            self.x = (self.x.float() * self.x_mul).to(self.x.dtype)
+            self.x_mul = None
+            self._xq = None  # quantized from the unscaled x by a supports() check
 
     @property
     def xq(self) -> QTensor:

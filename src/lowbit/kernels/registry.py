@@ -37,19 +37,23 @@ class Impl:
         supports: ``supports(problem) -> bool``; the reference supports everything.
         rounds_output: True when ``fn`` already returns ``problem.out_dtype`` rounded as
             asked (otherwise it returns fp32 and the output rounding is applied after).
+        scales_input: True when ``fn`` applies ``problem.x_mul`` itself (fused into its
+            activation quantization); otherwise x is multiplied by it before ``fn`` runs.
     """
 
     name: str
     fn: Callable
     supports: Callable = lambda problem: True
     rounds_output: bool = False
+    scales_input: bool = False
 
 
 _REGISTRY: dict[tuple[str, str], list[Impl]] = {}
 
 
 def register(act: str, weight: str, name: str, fn: Callable, supports: Callable | None = None,
-             *, rounds_output: bool = False, reference: bool = False) -> Impl:
+             *, rounds_output: bool = False, scales_input: bool = False,
+             reference: bool = False) -> Impl:
     """Add an implementation for ``(act, weight)``; fast paths go before the reference.
 
     A ``reference=True`` implementation is appended last and must accept every problem;
@@ -60,7 +64,7 @@ def register(act: str, weight: str, name: str, fn: Callable, supports: Callable 
         raise ValueError(f"act kind must be one of {ACT_KINDS}; got {act!r}")
     if weight not in WEIGHT_KINDS:
         raise ValueError(f"weight kind must be one of {WEIGHT_KINDS}; got {weight!r}")
-    impl = Impl(name, fn, supports or (lambda p: True), rounds_output)
+    impl = Impl(name, fn, supports or (lambda p: True), rounds_output, scales_input)
     impls = _REGISTRY.setdefault((act, weight), [])
     for i, old in enumerate(impls):
         if old.name == name:

@@ -63,7 +63,8 @@ class _QuantMatmul(torch.nn.Module):
                              f"{tuple(input_scale.shape)}")
         self.weight_q = weight
         self.register_buffer("bias", bias)
-        # SmoothQuant: inputs are divided by input_scale, the weight was multiplied by it.
+        # SmoothQuant: the weight was multiplied by input_scale, inputs are multiplied by
+        # 1 / input_scale (in the kernel's activation quantization when it fuses that).
         self.register_buffer("input_scale", input_scale)
         self.act, self.act_qparams = act, act_qparams
         self._packed = None
@@ -74,13 +75,11 @@ class _QuantMatmul(torch.nn.Module):
         built by each backend on first use)."""
         if self._packed is None:
             act = self.act if self.act_qparams is None else (self.act, self.act_qparams)
-            self._packed = kernels.prepare(self.weight_q, act=act)
+            self._packed = kernels.prepare(self.weight_q, act=act, input_scale=self.input_scale)
         return self._packed
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
-        if self.input_scale is not None:
-            x2 = x2 / self.input_scale
-        return kernels.linear(x2, self.packed, self.bias)
+        return kernels.linear(x2, self.packed, self.bias)  # x2 * (1 / input_scale) inside
 
     @property
     def backend(self) -> str:

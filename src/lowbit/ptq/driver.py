@@ -59,9 +59,11 @@ def run_batches(model: torch.nn.Module, batches: Iterable, progress=None, task=N
 
 
 def _observe_input(observer, divisor=None):
+    mul = None if divisor is None else 1 / divisor.float()  # what the kernels multiply by
+
     def hook(module, args):
         x = args[0].detach()
-        observer.update(x if divisor is None else x / divisor)  # the input passes unchanged
+        observer.update(x if mul is None else x * mul)  # the input passes unchanged
 
     return hook
 

@@ -53,6 +53,7 @@ from .a8w8 import (
     a8w8_isa,
     a8w8_linear,
     a8w8_linear_codes,
+    check_x_mul,
     pack_a8w8,
     reference_a8w8_linear,
     unpack_a8w8,
@@ -179,7 +180,7 @@ def _check_inputs(x: Tensor, pw: PackedA8W4, bias: Tensor | None) -> Tensor:
 
 
 def _native(x2: Tensor, pw: PackedA8W4, bias: Tensor | None, level: int,
-            acc: Tensor | None) -> Tensor:
+            acc: Tensor | None, x_mul: Tensor | None = None) -> Tensor:
     m, n = x2.shape[0], pw.out_features
     y = torch.empty(m, n, dtype=torch.float32)
     if m == 0:
@@ -188,7 +189,7 @@ def _native(x2: Tensor, pw: PackedA8W4, bias: Tensor | None, level: int,
         bias = bias.contiguous()
     k, kp, w, sw, zw, groups, opg, zconst = pw.kernel_args
     rc = _build.library().lowbit_a8w4_linear(
-        x2.data_ptr(), m, k, kp, w, sw, zw, n, groups, opg, zconst,
+        x2.data_ptr(), None if x_mul is None else x_mul.data_ptr(), m, k, kp, w, sw, zw, n, groups, opg, zconst,
         None if bias is None else bias.data_ptr(), y.data_ptr(),
         None if acc is None else acc.data_ptr(), level, _config.get("threads") or get_num_threads())
     if rc == -1:
@@ -199,7 +200,7 @@ def _native(x2: Tensor, pw: PackedA8W4, bias: Tensor | None, level: int,
 
 
 def a8w4_linear(x: Tensor, weight: PackedA8W4, bias: Tensor | None = None, *,
-                isa: str | None = None) -> Tensor:
+                isa: str | None = None, x_mul: Tensor | None = None) -> Tensor:
     """y = x @ W.T (+ bias) with int8 dynamic per-row activations and int4 weights.
 
     Args:
@@ -207,38 +208,43 @@ def a8w4_linear(x: Tensor, weight: PackedA8W4, bias: Tensor | None = None, *,
         weight: a :class:`PackedA8W4` from :func:`pack_a8w4`.
         bias: None or fp32 [N].
         isa: force a path ("avx512_vnni", "avx2", "scalar", "reference"); default: best.
+        x_mul: None or fp32 [K] (e.g. SmoothQuant's 1 / s): multiplies x's columns first,
+            fused into the quantization; the result is that of ``a8w4_linear(x * x_mul)``.
 
     Returns:
         fp32 [..., N], bit-identical across paths and to :func:`reference_a8w4_linear`.
     """
     x2 = _check_inputs(x, weight, bias)
+    x_mul = check_x_mul(x_mul, weight.in_features)
     level = _resolve(isa) if isa is not None else _config.get("level", None)
     if level is None:
         level = _cpu_level()
     if level < 0:
         packed, scales, zeros = unpack_a8w4(weight)
-        y = reference_a8w4_linear(x2, packed, scales, zeros, group_size=weight.group_size,
-                                  bias=bias)
+        y = reference_a8w4_linear(x2 if x_mul is None else x2 * x_mul, packed, scales, zeros,
+                                  group_size=weight.group_size, bias=bias)
     else:
-        y = _native(x2, weight, bias, level, None)
+        y = _native(x2, weight, bias, level, None, x_mul)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.out_features)
 
 
-def a8w4_accumulators(x: Tensor, weight: PackedA8W4, *, isa: str | None = None) -> Tensor:
+def a8w4_accumulators(x: Tensor, weight: PackedA8W4, *, isa: str | None = None,
+                      x_mul: Tensor | None = None) -> Tensor:
     """Test hook: the exact int32 group sums acc[m, n, g] the kernel computes.
 
     Args:
-        x: fp32 [..., K].  weight: PackedA8W4.  isa: as in :func:`a8w4_linear`.
+        x: fp32 [..., K].  weight: PackedA8W4.  isa, x_mul: as in :func:`a8w4_linear`.
 
     Returns:
         int32 [M, N, G], M the product of x's leading dimensions.
     """
     x2 = _check_inputs(x, weight, None)
+    x_mul = check_x_mul(x_mul, weight.in_features)
     level = _resolve(isa)
     if level < 0:
         packed, scales, zeros = unpack_a8w4(weight)
-        return reference_a8w4_accumulators(x2, packed, scales, zeros,
-                                           group_size=weight.group_size)
+        return reference_a8w4_accumulators(x2 if x_mul is None else x2 * x_mul, packed, scales,
+                                           zeros, group_size=weight.group_size)
     acc = torch.empty(x2.shape[0], weight.out_features, weight.num_groups, dtype=torch.int32)
-    _native(x2, weight, None, level, acc)
+    _native(x2, weight, None, level, acc, x_mul)
     return acc

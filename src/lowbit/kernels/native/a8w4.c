@@ -11,8 +11,9 @@
  * part uses the same operations in the same order (built with -ffp-contract=off).
  *
  * Math (see __init__.py for the full contract), per row m and output column n:
- *   s_x[m]   = amax|x[m,:]| / 127   (1 if that is 0)
- *   qx[m,k]  = clamp(rint(x[m,k] / s_x[m]), -127, 127)
+ *   x'       = x[m,k] * xmul[k] when xmul is given (SmoothQuant), else x   (fp32)
+ *   s_x[m]   = amax|x'[m,:]| / 127   (1 if that is 0)
+ *   qx[m,k]  = clamp(rint(x'[m,k] / s_x[m]), -127, 127)
  *   acc_g    = sum_{k in g} qx[m,k] * (u[n,k] - z[n,g])          (int32, exact)
  *            = dot(u, qx) + z[n,g] * nrs[m,g],   nrs = -sum_{k in g} qx[m,k]
  *   t        = 0; for g in 0..G-1: t = t + (float)acc_g * s_w[n,g]   (fp32)
@@ -48,6 +49,7 @@
 
 typedef struct {
     const float *x;
+    const float *xmul; /* [K] multiplier of x's columns, or NULL */
     int64_t M;
     int K, Kp, N, NB, G, opg;
     int ldq; /* row stride of qx: Kp + 64, so rows do not all alias in the L1 sets */
@@ -78,39 +80,43 @@ typedef struct {
         nrs[gi] = -sum;                                                            \
     }
 
-static void quant_row_scalar(const float *x, int K, int Kp, int8_t *q, float *sx,
-                             int32_t *nrs, int G, int gk) {
+static void quant_row_scalar(const float *x, const float *xm, int K, int Kp, int8_t *q,
+                             float *sx, int32_t *nrs, int G, int gk) {
     float amax = 0.0f;
     for (int k = 0; k < K; ++k) {
-        float a = fabsf(x[k]);
+        float a = fabsf(xm ? x[k] * xm[k] : x[k]);
         amax = a > amax ? a : amax;
     }
     float s = amax / 127.0f;
     if (s == 0.0f) s = 1.0f;
     for (int k = 0; k < K; ++k) {
-        float v = x[k] / s;
+        float v = (xm ? x[k] * xm[k] : x[k]) / s;
         v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
         q[k] = (int8_t)rintf(v);
     }
     QUANT_TAIL_BODY
 }
 
-T512Q static void quant_row_512(const float *x, int K, int Kp, int8_t *q, float *sx,
-                               int32_t *nrs, int G, int gk) {
+/* lanes k.. of the row (masked), times xm when given */
+INLINE T512Q __m512 row_lanes(const float *x, const float *xm, int k, __mmask16 m) {
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    return xm ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, xm + k)) : v;
+}
+
+T512Q static void quant_row_512(const float *x, const float *xm, int K, int Kp, int8_t *q,
+                               float *sx, int32_t *nrs, int G, int gk) {
     __m512 vmax = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
-    if (k < K) {
-        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
-        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + k)));
+    for (int k = 0; k < K; k += 16) {
+        __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(row_lanes(x, xm, k, m)));
     }
     float amax = _mm512_reduce_max_ps(vmax);
     float s = amax / 127.0f;
     if (s == 0.0f) s = 1.0f;
     const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
-    for (k = 0; k < K; k += 16) {
+    for (int k = 0; k < K; k += 16) {
         __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
-        __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), vs);
+        __m512 v = _mm512_div_ps(row_lanes(x, xm, k, m), vs);
         v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
         _mm_mask_storeu_epi8(q + k, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
     }
@@ -357,9 +363,11 @@ static void quant_task(void *vp) {
             const float *x = p->x + (size_t)m * p->K;
             int8_t *q = p->qx + (size_t)m * p->ldq;
             if (use512)
-                quant_row_512(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
+                quant_row_512(x, p->xmul, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G,
+                              p->G, gk);
             else
-                quant_row_scalar(x, p->K, p->Kp, q, p->sx + m, p->nrs + (size_t)m * p->G, p->G, gk);
+                quant_row_scalar(x, p->xmul, p->K, p->Kp, q, p->sx + m,
+                                 p->nrs + (size_t)m * p->G, p->G, gk);
         }
     }
 }
@@ -389,15 +397,17 @@ static void gemm_task(void *vp) {
 }
 
 /* Returns 0 on success, -1 on allocation failure, -2 on bad arguments. */
-LB_API int lowbit_a8w4_linear(const float *x, int64_t M, int K, int Kp, const uint8_t *w,
-                              const float *sw, const int32_t *zw, int N, int G, int opg,
+LB_API int lowbit_a8w4_linear(const float *x, const float *xmul, int64_t M, int K, int Kp,
+                              const uint8_t *w, const float *sw, const int32_t *zw, int N,
+                              int G, int opg,
                               int zconst, const float *bias, float *y, int32_t *acc_out,
                               int isa, int nthreads) {
     if (M < 1 || K < 1 || Kp < K || Kp % 8 || N < 1 || G < 1 || opg < 1 || G * opg * 8 != Kp ||
         zconst > 15)
         return -2;
     if (isa > lowbit_a8w4_cpu_level() || isa < 0) return -2;
-    problem p = {.x = x, .M = M, .K = K, .Kp = Kp, .N = N, .NB = (N + 15) / 16, .G = G,
+    problem p = {.x = x, .xmul = xmul, .M = M, .K = K, .Kp = Kp, .N = N, .NB = (N + 15) / 16,
+                 .G = G,
                  .opg = opg, .w = w, .sw = sw, .zw = zw, .bias = bias, .y = y,
                  .acc_out = acc_out, .isa = isa, .zconst = zconst};
     atomic_llong next = 0, qnext = 0;

@@ -10,8 +10,9 @@
  *   0  scalar       portable C (also what an avx2-only CPU runs)
  *
  * Math, per row m and output column n (the contract of lowbit's cpu.int8.int_mm):
- *   s_x[m]  = amax|x[m,:]| / 127, raised to FLT_MIN if below it; 1 if amax is not > 0
- *   qx[m,k] = rint(x[m,k] / s_x[m])          (|x / s_x| < 127.5: always in -127..127)
+ *   x'      = x[m,k] * xmul[k] when xmul is given (SmoothQuant), else x        fp32
+ *   s_x[m]  = amax|x'[m,:]| / 127, raised to FLT_MIN if below it; 1 if amax is not > 0
+ *   qx[m,k] = rint(x'[m,k] / s_x[m])        (|x' / s_x| < 127.5: always in -127..127)
  *   acc     = sum_k qx[m,k] * w[n,k]                                   int32, exact
  *   y[m,n]  = ((float)acc * s_w[n]) * s_x[m]  (+ bias[n])               fp32
  * Given codes may carry a zero point per row (asymmetric activations, uint8 codes
@@ -54,6 +55,7 @@
 
 typedef struct {
     const float *x;      /* [M][K] fp32, or NULL when codes are given */
+    const float *xmul;   /* [K] multiplier of x's columns, or NULL */
     const int8_t *qin;   /* [M][K] int8 codes given by the caller, or NULL */
     const float *sxin;   /* [M] their scales */
     const int32_t *zx;   /* [M] their zero points, or NULL (symmetric) */
@@ -99,15 +101,15 @@ static void row_scalar(const problem8 *p, int64_t m) {
         memcpy(q, p->qin + (size_t)m * K, (size_t)K);
         p->sx[m] = p->sxin[m];
     } else {
-        const float *x = p->x + (size_t)m * K;
+        const float *x = p->x + (size_t)m * K, *xm = p->xmul;
         float amax = 0.0f;
         for (int k = 0; k < K; ++k) {
-            const float a = fabsf(x[k]);
+            const float a = fabsf(xm ? x[k] * xm[k] : x[k]);
             amax = a > amax ? a : amax;
         }
         const float s = row_scale(amax);
         for (int k = 0; k < K; ++k) {
-            float v = rintf(x[k] / s);
+            float v = rintf((xm ? x[k] * xm[k] : x[k]) / s);
             v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
             q[k] = (int8_t)v;
         }
@@ -117,6 +119,12 @@ static void row_scalar(const problem8 *p, int64_t m) {
     for (int k = 0; k < K; ++k) sum += q[k];
     for (int k = K; k < p->Kp; ++k) q[k] = 0;
     p->corr[m] = wrap_corr(sum);
+}
+
+/* lanes k.. of a row (masked), times xm when given */
+INLINE T512Q __m512 row_lanes(const float *x, const float *xm, int k, __mmask16 m) {
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    return xm ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, xm + k)) : v;
 }
 
 T512Q static void row_512(const problem8 *p, int64_t m) {
@@ -136,19 +144,15 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
     } else {
         const float *x = p->x + (size_t)m * K;
         __m512 vmax = _mm512_setzero_ps();
-        for (k = 0; k + 16 <= K; k += 16)
-            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
-        if (k < K) {
-            const __mmask16 mk = mask16(K - k);
-            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, x + k)));
-        }
+        for (k = 0; k < K; k += 16)
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(row_lanes(x, p->xmul, k, mask16(K - k))));
         const float s = row_scale(_mm512_reduce_max_ps(vmax));
         const __m512 vs = _mm512_set1_ps(s);
         for (k = 0; k < K; k += 16) {
             const __mmask16 mk = mask16(K - k);
             /* x / s, rounded to nearest even by the default MXCSR mode; masked-off lanes
              * are 0 / s = 0, so they add nothing to the sum */
-            const __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(mk, x + k), vs);
+            const __m512 v = _mm512_div_ps(row_lanes(x, p->xmul, k, mk), vs);
             const __m512i qi = _mm512_cvtps_epi32(v);
             _mm_mask_storeu_epi8(q + k, mk, _mm512_cvtsepi32_epi8(qi));
             vsum = _mm512_add_epi32(vsum, qi);
@@ -322,12 +326,13 @@ static void gemm_task(void *vp) {
     }
 }
 
-/* x: fp32 [M][K] (dynamic per-row quantization here), or NULL and qin int8 [M][K] with
+/* x: fp32 [M][K] (dynamic per-row quantization here; xmul: NULL or fp32 [K], multiplies
+ * x's columns first), or NULL and qin int8 [M][K] with
  * sxin fp32 [M] (given codes) and zx int32 [M] (their zero points) or NULL; wsum is
  * read only with zx.  w: the packed weight, sw fp32 [NB*16].  acc_out: NULL
  * or int32 [M][N].  isa: 2 or 0.  Returns 0, -1 (out of memory) or -2 (bad arguments). */
-LB_API int lowbit_a8w8_linear(const float *x, const int8_t *qin, const float *sxin,
-                              const int32_t *zx, int64_t M, int K, int Kp, const uint8_t *w,
+LB_API int lowbit_a8w8_linear(const float *x, const float *xmul, const int8_t *qin,
+                              const float *sxin, const int32_t *zx, int64_t M, int K, int Kp, const uint8_t *w,
                               const float *sw, const int32_t *wsum, int N,
                               const float *bias, float *y, int32_t *acc_out, int isa,
                               int nthreads) {
@@ -335,7 +340,8 @@ LB_API int lowbit_a8w8_linear(const float *x, const int8_t *qin, const float *sx
         (zx && (x || !wsum)))
         return -2;
     if ((isa != 0 && isa != 2) || isa > lowbit_a8w4_cpu_level()) return -2;
-    problem8 p = {.x = x, .qin = x ? NULL : qin, .sxin = sxin, .zx = zx, .wsum = wsum,
+    problem8 p = {.x = x, .xmul = x ? xmul : NULL, .qin = x ? NULL : qin, .sxin = sxin,
+                  .zx = zx, .wsum = wsum,
                   .M = M, .K = K, .Kp = Kp, .N = N, .NB = (N + 15) / 16, .w = w, .sw = sw,
                   .bias = bias, .y = y,
                   .acc_out = acc_out, .isa = isa};

@@ -160,11 +160,23 @@ def _check(pw: PackedA8W8, bias: Tensor | None, k: int) -> None:
         raise ValueError(f"bias: expected fp32 [{pw.out_features}]")
 
 
+def check_x_mul(x_mul: Tensor | None, k: int) -> Tensor | None:
+    """Validate a column multiplier of x (SmoothQuant's 1 / s): fp32 [K] on the CPU."""
+    if x_mul is None:
+        return None
+    if not isinstance(x_mul, Tensor) or x_mul.dtype != torch.float32 or not x_mul.is_cpu \
+            or tuple(x_mul.shape) != (k,):
+        raise ValueError(f"x_mul: expected a CPU float32 tensor of shape [{k}], got "
+                         f"{getattr(x_mul, 'dtype', type(x_mul).__name__)} "
+                         f"{list(getattr(x_mul, 'shape', []))}")
+    return x_mul.contiguous()
+
+
 def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
 
-def _native(pw, x2, codes, bias, level, want_acc):
+def _native(pw, x2, x_mul, codes, bias, level, want_acc):
     from . import get_num_threads
 
     m, n = (x2 if x2 is not None else codes[0]).shape[0], pw.out_features
@@ -176,7 +188,7 @@ def _native(pw, x2, codes, bias, level, want_acc):
         bias = bias.contiguous()
     qx, sx, zx = codes if codes is not None else (None, None, None)
     rc = _build.library().lowbit_a8w8_linear(
-        _ptr(x2), _ptr(qx), _ptr(sx), _ptr(zx), m, pw.in_features, pw.padded_in_features,
+        _ptr(x2), _ptr(x_mul), _ptr(qx), _ptr(sx), _ptr(zx), m, pw.in_features, pw.padded_in_features,
         pw.data.data_ptr(), pw.scales.data_ptr(), pw.wsum.data_ptr(), n,
         _ptr(bias), y.data_ptr(), _ptr(acc), level, get_num_threads())
     if rc == -1:
@@ -186,7 +198,7 @@ def _native(pw, x2, codes, bias, level, want_acc):
     return acc if want_acc else y
 
 
-def _run(x, pw, bias, isa, codes, want_acc):
+def _run(x, pw, bias, isa, codes, want_acc, x_mul=None):
     level = _level(isa)
     if codes is None:
         if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.dim() < 1:
@@ -195,6 +207,7 @@ def _run(x, pw, bias, isa, codes, want_acc):
         _check(pw, bias, x.shape[-1])
         lead = x.shape[:-1]
         x2 = x.reshape(-1, pw.in_features).contiguous()
+        x_mul = check_x_mul(x_mul, pw.in_features)
     else:
         qx, sx, zx = codes
         if qx.dtype != torch.int8 or qx.dim() != 2:
@@ -212,17 +225,20 @@ def _run(x, pw, bias, isa, codes, want_acc):
             zx = zx.to(torch.int32).reshape(-1).expand(m).contiguous()
         codes = (qx.contiguous(), sx, zx)
     if level < 0:
-        y = reference_a8w8_linear(x2, pw, bias, codes=codes, want_acc=want_acc)
+        xs = x2 if x_mul is None or x2 is None else x2 * x_mul
+        y = reference_a8w8_linear(xs, pw, bias, codes=codes, want_acc=want_acc)
     else:
-        y = _native(pw, x2, codes, bias, level, want_acc)
+        y = _native(pw, x2, x_mul, codes, bias, level, want_acc)
     return y.reshape(*lead, pw.out_features)
 
 
 def a8w8_linear(x: Tensor, weight: PackedA8W8, bias: Tensor | None = None, *,
-                isa: str | None = None) -> Tensor:
+                isa: str | None = None, x_mul: Tensor | None = None) -> Tensor:
     """y = x @ W.T (+ bias), x fp32 [..., K] quantized per row on the fly -> fp32 [..., N].
+    ``x_mul`` (fp32 [K], e.g. SmoothQuant's 1 / s) multiplies x's columns first, fused into
+    the quantization: the result is that of ``a8w8_linear(x * x_mul, ...)``, bit for bit.
     ``isa`` forces a path ("avx512_vnni", "scalar", "reference"); all agree bit for bit."""
-    return _run(x, weight, bias, isa, None, False)
+    return _run(x, weight, bias, isa, None, False, x_mul)
 
 
 def a8w8_linear_codes(qx: Tensor, sx: Tensor, weight: PackedA8W8, bias: Tensor | None = None,
@@ -233,7 +249,7 @@ def a8w8_linear_codes(qx: Tensor, sx: Tensor, weight: PackedA8W8, bias: Tensor |
 
 
 def a8w8_accumulators(x: Tensor, weight: PackedA8W8, *, isa: str | None = None,
-                      codes: tuple | None = None) -> Tensor:
+                      codes: tuple | None = None, x_mul: Tensor | None = None) -> Tensor:
     """Test hook: the exact int32 accumulators acc [M, N] the kernel computes (from x, or
     from ``codes=(qx, sx, zx or None)``)."""
-    return _run(x, weight, None, isa, codes, True)
+    return _run(x, weight, None, isa, codes, True, x_mul)
