@@ -17,7 +17,7 @@ Paths, chosen at run time from the CPU (``isa()`` says which; logged on
 C compiler is usable or ``LOWBIT_NATIVE=0``. ``LOWBIT_NATIVE_ISA`` caps the native path
 (e.g. ``avx2``); ``LOWBIT_NUM_THREADS`` sets the thread count (default: all usable cores;
 work is split over output-column panels x row chunks); ``LOWBIT_SPIN_US`` how long idle
-workers spin before sleeping (50 us). Non-finite inputs give unspecified results; the
+workers spin before sleeping (300 us). Non-finite inputs give unspecified results; the
 output carries no autograd history.
 
 Example (one row, one output, g = K = 2): x = [127, 2.5] -> s_x = 1, qx = [127, 2] (2.5

@@ -1,7 +1,7 @@
 """The kernels' native library (common.c, a8w4.c, a8w8.c), built and loaded on first use by
 ``lowbit._native`` (compiler, cache, ``LOWBIT_NATIVE=0``, fallback: see there).
 
-* ``LOWBIT_SPIN_US``: microseconds an idle worker thread spins before it sleeps (50).
+* ``LOWBIT_SPIN_US``: microseconds an idle worker thread spins before it sleeps (300).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _declare(lib: ctypes.CDLL) -> None:
                                        i32, i32]
     lib.lowbit_a8w8_linear.restype = i32
     spin = os.environ.get("LOWBIT_SPIN_US")
-    if spin:  # how long idle workers spin before sleeping (default 50 us)
+    if spin:  # how long idle workers spin before sleeping (default 300 us)
         lib.lowbit_a8w4_set_spin_us(int(spin))
 
 

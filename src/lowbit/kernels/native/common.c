@@ -29,7 +29,12 @@ LB_API int lowbit_a8w4_cpu_level(void) {
  * The caller always works; each worker takes one of nth-1 "places" when it wakes. When
  * the caller runs out of work it closes the places not yet taken: a worker that the OS
  * has not scheduled (2 shared cores) then costs nothing instead of a time slice.
- * Workers spin for spin_us after a job (cheap back-to-back calls), then sleep.       */
+ * Workers spin for spin_us after a job, then sleep. Waking a sleeping worker takes 100+ us
+ * on this kind of VM, longer than a whole batch-1 GEMM, so the spin must outlast the gap
+ * between back-to-back calls (Python overhead, the caller's last chunk): at 50 us the
+ * worker mostly missed the next call and M=1 ran on one core. While spinning it yields
+ * the core every ~1 us, so torch's own threads between two of our calls lose nothing
+ * (measured on MiniLM: 300 us is as fast or faster at batch 32 and batch 1).       */
 
 
 static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -43,7 +48,7 @@ static void *_Atomic pool_arg;
 static int pool_nworkers;
 static pid_t pool_pid;
 static unsigned pool_start_gen[MAX_THREADS];
-static atomic_int spin_us = 50;
+static atomic_int spin_us = 300;
 
 static double now_us(void) {
     struct timespec ts;
@@ -60,7 +65,10 @@ static void *worker_main(void *vp) {
             for (int it = 0; g == seen; ++it) {
                 _mm_pause();
                 g = atomic_load(&pool_gen);
-                if ((it & 63) == 63 && now_us() - t0 > lim) break;
+                if ((it & 63) == 63) {
+                    if (now_us() - t0 > lim) break;
+                    sched_yield(); /* a thread that wants this core (torch's) gets it */
+                }
             }
         }
         if (g == seen) {
