@@ -195,7 +195,7 @@ def _fp32_bound(x, w):
     return 2 * x.shape[-1] * 2.0**-24 * (x.abs().double() @ w.abs().double().T) + 1e-30
 
 
-@pytest.mark.parametrize("wscheme", ["int8:channel", "int4:g32", "int4:g128:asym",
+@pytest.mark.parametrize("wscheme", ["int8:channel", "int8", "int4:g32", "int4:g128:asym",
                                      "uint4:g64:asym", "int4:channel"])
 @pytest.mark.parametrize("m,n,dtype", [(1, 33, torch.float32), (3, 33, torch.bfloat16),
                                        (130, 64, torch.bfloat16), (9, 16, torch.float16)])
@@ -207,9 +207,10 @@ def test_weight_only_paths_within_bound(wscheme, m, n, dtype):
     k = 256
     x, w = _rand(m, k).to(dtype), _rand(n, k, seed=1)
     q = lb.quantize(w, wscheme)
-    want = ("reference" if dtype == torch.float32 else "cpu.w8.dequant"
-            if wscheme.startswith("int8") else "cpu.w4.int4pack" if m <= cpu_int4.SMALL_M
-            else "cpu.w4.dequant")
+    small = m <= cpu_int4.SMALL_M
+    want = ("reference" if dtype == torch.float32 else
+            ("cpu.w8.int8pack" if small else "cpu.w8.dequant") if wscheme.startswith("int8")
+            else "cpu.w4.int4pack" if small else "cpu.w4.dequant")
     assert K.backend(x, q, op="linear") == want
     y = K.linear(x, q)
     assert y.dtype == dtype
@@ -281,7 +282,8 @@ def test_packed_forms_are_rebuilt_when_the_weight_changes():
 _SMOOTH_CASES = [  # (weight, act, x dtype): fused native paths, torch paths, the references
     ("int8:channel", "int8:token", torch.float32), ("int4:g32", "int8:token", torch.float32),
     ("int8:channel", ("int8", lb.QParams(torch.tensor(0.05))), torch.float32),
-    ("int4:g32", None, torch.bfloat16), ("int5:channel", "int8:token", torch.float32),
+    ("int4:g32", None, torch.bfloat16), ("int8:channel", None, torch.bfloat16),
+    ("int5:channel", "int8:token", torch.float32),
     ("fp8_e4m3fn:channel", "fp8_e4m3fn:token", torch.float32), (None, None, torch.float32),
 ]
 

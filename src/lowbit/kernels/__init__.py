@@ -45,6 +45,8 @@ def _register_all():
     reg = registry.register
     reg("float", "float", "cpu.bf16.onednn", mixed.bf16_linear, mixed.bf16_supports,
         rounds_output=True)
+    reg("float", "int8", "cpu.w8.int8pack", cpu_int4.w8_linear, cpu_int4.w8_supports,
+        rounds_output=True)
     reg("float", "int8", "cpu.w8.dequant", cpu_int4.dequant_linear, cpu_int4.dequant_supports,
         rounds_output=True)
     reg("float", "int4", "cpu.w4.int4pack", cpu_int4.w4_linear, cpu_int4.w4_supports,

@@ -11,7 +11,13 @@
                     with bf16/fp16 activations; it dequantizes as ``(u - 8) * s + zero``
                     (u = the code as 0..15) with s and zero rounded to the activation dtype
                     (bf16: relative error <= 2^-9 per weight), fp32 accumulation.
-``cpu.w4.dequant``  weight-only W4A16 for M > 128, and W8A16 at every M: the weight decoded
+``cpu.w8.int8pack`` weight-only W8A16, M <= 128, symmetric int8 per channel (or tensor):
+                    ``torch.ops.aten._weight_int8pack_mm`` on bf16/fp16 activations, i.e.
+                    sum_k x * q in fp32, times s[n] rounded to the activation dtype
+                    (relative error <= 2^-9 for bf16), output rounded once. At M = 1 it is
+                    75x faster than decoding the weight on every call (0.44 vs 33 ms for
+                    4096 x 4096, bf16) and 3x faster than a dense bf16 GEMM.
+``cpu.w4.dequant``  weight-only W4A16 for M > 128, and other W8A16: the weight decoded
 ``cpu.w8.dequant``  to bf16/fp16 on every call ((q - z) * s rounded once to the activation
                     dtype), then the oneDNN bf16/fp16 GEMM (fp32 accumulation). Nothing but
                     the integer codes is kept.
@@ -37,9 +43,11 @@ __all__ = [
     "native_module",
     "w4_linear",
     "w4_supports",
+    "w8_linear",
+    "w8_supports",
 ]
 
-SMALL_M = 128  # int4pack up to this many rows, decode + GEMM above (measured crossover)
+SMALL_M = 128  # int4pack / int8pack up to this many rows, decode + GEMM above (measured)
 
 _NATIVE: dict[str, object] = {}
 
@@ -133,6 +141,24 @@ def w4_supports(p: Problem) -> bool:
         return False
     g = _group(p.w.weight)
     return _int4pack_available() and g in (32, 64, 128, 256) and p.k % g == 0
+
+
+def w8_supports(p: Problem) -> bool:
+    w = p.w.weight
+    return (p.m <= SMALL_M and _w8a16(p) and w.scheme.format.name == "int8"
+            and w.zero_point is None and w.scheme.granularity in (PerChannel(0), PerTensor())
+            and hasattr(torch.ops.aten, "_weight_int8pack_mm"))
+
+
+def _scales_per_row(w: QTensor) -> Tensor:
+    return w.scale.float().reshape(-1).expand(w.shape[0]).contiguous()
+
+
+def w8_linear(p: Problem) -> Tensor:
+    w = p.w.weight
+    s = p.w.form("cpu.w8.int8pack", _scales_per_row)
+    y = torch.ops.aten._weight_int8pack_mm(p.x, w.codes.view(torch.int8), s.to(p.x.dtype))
+    return _with_bias(y, p)
 
 
 def dequant_supports(p: Problem) -> bool:
