@@ -59,6 +59,21 @@ def test_linear_state_round_trip_is_bit_identical():
         QuantLinear.from_lowbit_state(torch.nn.Linear(32, 48), tensors, meta)
 
 
+@pytest.mark.parametrize("weight", ["int8:channel", "int4:g32"])
+def test_smoothquant_input_scale_is_applied_and_follows_the_buffer(weight):
+    """x is multiplied by 1 / input_scale (fused in the native kernels); loading another
+    scale into the buffer (in place, as load_state_dict does) takes effect at once."""
+    lin = _linear()
+    s = torch.rand(64) * 2 + 0.5
+    q = QuantLinear.from_float(lin, weight, "int8:token", input_scale=s.clone())
+    plain = QuantLinear(q.weight_q, q.bias, q.act, None)
+    x = torch.randn(5, 64)
+    assert torch.equal(q(x), plain(x * (1 / s)))
+    new = s * 2  # (the buffer may be s itself: compute the new value first)
+    q.input_scale.copy_(new)
+    assert torch.equal(q(x), plain(x * (1 / new)))
+
+
 def test_int4_linear_really_stores_half_a_byte_per_weight():
     q = QuantLinear.from_float(_linear(256, 128), "int4:g128")
     assert q.weight_q.codes.numel() == 256 * 128 // 2

@@ -67,15 +67,18 @@ class _QuantMatmul(torch.nn.Module):
         # 1 / input_scale (in the kernel's activation quantization when it fuses that).
         self.register_buffer("input_scale", input_scale)
         self.act, self.act_qparams = act, act_qparams
-        self._packed = None
+        self._packed, self._packed_stamp = None, None
 
     @property
     def packed(self) -> kernels.PackedWeight:
         """The weight and activation scheme prepared for the kernels (packed forms are
         built by each backend on first use)."""
-        if self._packed is None:
+        s = self.input_scale  # a buffer: load_state_dict may replace it or write into it
+        stamp = None if s is None else (id(s), s.data_ptr(), s._version)
+        if self._packed is None or stamp != self._packed_stamp:
             act = self.act if self.act_qparams is None else (self.act, self.act_qparams)
-            self._packed = kernels.prepare(self.weight_q, act=act, input_scale=self.input_scale)
+            self._packed = kernels.prepare(self.weight_q, act=act, input_scale=s)
+            self._packed_stamp = stamp
         return self._packed
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
