@@ -59,7 +59,14 @@ def _weight_ok(w) -> bool:
 
 def _act_form(p: Problem) -> str | None:
     """"dynamic" (int8:token fused here), "codes" (int8 codes, per-row or per-tensor
-    scales), or None when the fast paths do not apply."""
+    scales), or None when the fast paths do not apply. Computed once per problem (the
+    supports checks and the run all ask)."""
+    if "_int8_form" not in p.__dict__:
+        p._int8_form = _form_of(p)
+    return p._int8_form
+
+
+def _form_of(p: Problem) -> str | None:
     s = p.act_scheme
     if s is None or not isinstance(s.format, IntFormat) or s.format.bits != 8:
         return None

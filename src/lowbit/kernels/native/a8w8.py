@@ -131,11 +131,20 @@ def reference_a8w8_linear(x: Tensor, pw: PackedA8W8, bias: Tensor | None = None,
     return y if bias is None else y + bias
 
 
+_PKG: list = []  # lowbit.kernels.native, imported on first use (it imports this module)
+
+
+def _package():
+    if not _PKG:
+        from .. import native
+
+        _PKG.append(native)
+    return _PKG[0]
+
+
 def a8w8_isa() -> str:
     """The best path here: "avx512_vnni", "scalar" or "reference"."""
-    from . import _cpu_level
-
-    level = _cpu_level()
+    level = _package()._cpu_level()
     return "avx512_vnni" if level >= 2 else ("scalar" if level >= 0 else "reference")
 
 
@@ -177,8 +186,6 @@ def _ptr(t: Tensor | None):
 
 
 def _native(pw, x2, x_mul, codes, bias, level, want_acc):
-    from . import get_num_threads
-
     m, n = (x2 if x2 is not None else codes[0]).shape[0], pw.out_features
     y = torch.empty(m, n, dtype=torch.float32)
     acc = torch.empty(m, n, dtype=torch.int32) if want_acc else None
@@ -190,7 +197,7 @@ def _native(pw, x2, x_mul, codes, bias, level, want_acc):
     rc = _build.library().lowbit_a8w8_linear(
         _ptr(x2), _ptr(x_mul), _ptr(qx), _ptr(sx), _ptr(zx), m, pw.in_features, pw.padded_in_features,
         pw.data.data_ptr(), pw.scales.data_ptr(), pw.wsum.data_ptr(), n,
-        _ptr(bias), y.data_ptr(), _ptr(acc), level, get_num_threads())
+        _ptr(bias), y.data_ptr(), _ptr(acc), level, _package().get_num_threads())
     if rc == -1:
         raise MemoryError("a8w8_linear: native kernel could not allocate its work buffers")
     if rc != 0:
