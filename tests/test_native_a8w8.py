@@ -110,6 +110,36 @@ def test_given_codes_and_static_activations(act):
     assert torch.equal(y.reshape(6, 5), reference.integer_reference(Problem(xq, K.prepare(w))))
 
 
+_STATIC_SCHEMES = [  # (scheme, scale, zero point): symmetric int8, asymmetric int8 and uint8
+    ("int8", 0.03, None), ("int8:asym", 0.02, -5), ("uint8:asym", 0.025, 131)]
+
+
+@pytest.mark.parametrize("scheme,scale,zp", _STATIC_SCHEMES)
+@pytest.mark.parametrize("m,k", [(1, 64), (19, 132), (40, 1000)])
+def test_static_activations_quantized_inside_the_kernel(scheme, scale, zp, m, k):
+    """Static (calibrated) activations are quantized by the kernel itself: the same codes as
+    lb.quantize (ties to even, clamped ranges, K tails), with or without SmoothQuant's 1/s,
+    on every path."""
+    qp = lb.QParams(torch.tensor(scale), None if zp is None else torch.tensor(zp, dtype=torch.int32))
+    p = _problem(m, k, 21, act=(scheme, qp))
+    p.x[0, :4] = torch.tensor([0.5, 1.5, -2.5, 1e3]) * scale  # ties to even; saturated
+    x_mul = torch.rand(k, generator=torch.Generator().manual_seed(2)) + 0.5
+    fmt = p.act.format
+    args = {"zero_point": zp or 0, "qmin": fmt.min, "qmax": fmt.max,
+            "offset": 0 if fmt.signed else 128}
+    pw = _packed(p)
+    for xm in (None, x_mul):
+        xs = p.x if xm is None else p.x * xm
+        want = reference.integer_reference(Problem(xs, p.w, p.bias))
+        for isa in ISAS:
+            y = nat.a8w8_linear_static(p.x, pw, scale, p.bias, isa=isa, x_mul=xm, **args)
+            assert torch.equal(y, want), (isa, xm is None)
+    with pytest.raises(ValueError, match="static: scale must be finite and > 0"):
+        nat.a8w8_linear_static(p.x, pw, 0.0, **args)
+    with pytest.raises(ValueError, match="codes minus the offset within int8"):
+        nat.a8w8_linear_static(p.x, pw, scale, qmin=0, qmax=255, offset=0)
+
+
 _ASYM = [("uint8:asym", lb.QParams(torch.tensor(0.025), torch.tensor(131, dtype=torch.int32))),
          ("int8:asym", lb.QParams(torch.tensor(0.02), torch.tensor(-5, dtype=torch.int32))),
          "uint8:token:asym", "int8:asym"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..formats import IntFormat
+from ..formats import IntFormat, Rounding
 from ..quant import PerChannel, PerGroup, PerTensor, PerToken, QTensor
 from .cpu_int4 import native_module
 from .problem import Problem
@@ -152,14 +152,18 @@ def a8w8_name() -> str:
 def _native_form(p: Problem) -> str | None:
     """"dynamic", "codes" (one scale and zero point per row or per tensor) or None."""
     form = _act_form(p)
-    if form == "codes":
+    if form != "codes":
+        return form
+    static = _static_args(p)  # checked without quantizing x (the kernel will)
+    if static is not None:
+        asym = static[1] != static[4]
+    else:
         xq = p.xq
         asym = xq.zero_point is not None or not xq.scheme.format.signed
         if xq.scale.numel() not in (1, p.m) or (xq.zero_point is not None and
-                                                xq.zero_point.numel() not in (1, p.m)) \
-                or (asym and p.k * 255 * 128 > INT32_MAX):
+                                                xq.zero_point.numel() not in (1, p.m)):
             return None
-    return form
+    return None if asym and p.k * 255 * 128 > INT32_MAX else form
 
 
 def a8w8_supports(p: Problem) -> bool:
@@ -168,6 +172,19 @@ def a8w8_supports(p: Problem) -> bool:
 
 def _pack(w: QTensor):
     return native_module().pack_a8w8(w.codes.view(torch.int8), w.scale.float())
+
+
+def _static_args(p: Problem):
+    """(scale, zero point, qmin, qmax, offset) when float x is to be quantized with a
+    static per-tensor int8 / uint8 scheme rounding to nearest even (fused in the kernel)."""
+    s, qp = p.act, p.act_qparams
+    if qp is None or not isinstance(p.x, Tensor) or qp.scale.numel() != 1 \
+            or s.rounding is not Rounding.NEAREST_EVEN \
+            or (qp.zero_point is not None and qp.zero_point.numel() != 1):
+        return None
+    z = 0 if qp.zero_point is None else int(qp.zero_point.item())
+    return (float(qp.scale.item()), z, int(s.format.min), int(s.format.max),
+            0 if s.format.signed else 128)
 
 
 def _native_run(p: Problem, want_acc: bool) -> Tensor:
@@ -179,7 +196,12 @@ def _native_run(p: Problem, want_acc: bool) -> Tensor:
         if want_acc:
             return mod.a8w8_accumulators(x, packed, x_mul=p.x_mul)
         return mod.a8w8_linear(x, packed, bias, x_mul=p.x_mul)
-    p.apply_x_mul()  # static / given codes: quantized by torch, from the scaled x
+    static = None if want_acc else _static_args(p)
+    if static is not None:  # calibrated per-tensor scale: quantized inside the kernel
+        scale, z, qmin, qmax, off = static
+        return mod.a8w8_linear_static(p.x.float(), packed, scale, bias, zero_point=z,
+                                      qmin=qmin, qmax=qmax, offset=off, x_mul=p.x_mul)
+    p.apply_x_mul()  # given codes (or a scale per row): quantized by torch, from x * x_mul
     a, ca, sx = _activation(p)
     if want_acc:
         return mod.a8w8_accumulators(None, packed, codes=(a, sx, ca))

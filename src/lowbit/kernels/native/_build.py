@@ -28,8 +28,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lowbit_a8w4_linear.argtypes = [p, p, i64, i32, i32, p, p, p, i32, i32, i32, i32, p,
                                        p, p, i32, i32]
     lib.lowbit_a8w4_linear.restype = i32
-    lib.lowbit_a8w8_linear.argtypes = [p, p, p, p, p, i64, i32, i32, p, p, p, i32, p, p, p,
-                                       i32, i32]
+    lib.lowbit_a8w8_linear.argtypes = [p, p, p, p, p, p, i64, i32, i32, p, p, p, i32, p, p,
+                                       p, i32, i32]
     lib.lowbit_a8w8_linear.restype = i32
     spin = os.environ.get("LOWBIT_SPIN_US")
     if spin:  # how long idle workers spin before sleeping (default 300 us)

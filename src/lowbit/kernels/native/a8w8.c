@@ -17,6 +17,9 @@
  *   y[m,n]  = ((float)acc * s_w[n]) * s_x[m]  (+ bias[n])               fp32
  * Given codes may carry a zero point per row (asymmetric activations, uint8 codes
  * shifted to int8 by the caller): acc = sum_k (qx - z[m]) * w = dot - z[m] * wsum[n].
+ * Static activations (x and sxin given, qspec = {z, qlo, qhi, off}) are quantized here
+ * with the calibrated scale: c = clamp(rint(x' / s) + z, qlo, qhi), fed in as c - off
+ * (off 128 for uint8), the caller's zx[m] being z - off: lowbit's static codes exactly.
  *
  * VNNI trick: vpdpbusd multiplies unsigned by signed bytes, so the weights are stored
  * offset-binary, u = w + 128 (0..255), and the activations stay signed (they are the
@@ -57,7 +60,8 @@ typedef struct {
     const float *x;      /* [M][K] fp32, or NULL when codes are given */
     const float *xmul;   /* [K] multiplier of x's columns, or NULL */
     const int8_t *qin;   /* [M][K] int8 codes given by the caller, or NULL */
-    const float *sxin;   /* [M] their scales */
+    const float *sxin;   /* [M] their scales (with x: the static scales) */
+    const int32_t *qspec; /* with x and sxin: {z, qlo, qhi, off} of static quantization */
     const int32_t *zx;   /* [M] their zero points, or NULL (symmetric) */
     const int32_t *wsum; /* [NB*16] sum_k w[n,k], for the zero points */
     int64_t M;
@@ -100,6 +104,15 @@ static void row_scalar(const problem8 *p, int64_t m) {
     if (p->qin) {
         memcpy(q, p->qin + (size_t)m * K, (size_t)K);
         p->sx[m] = p->sxin[m];
+    } else if (p->sxin) { /* static */
+        const float *x = p->x + (size_t)m * K, *xm = p->xmul, s = p->sxin[m];
+        const int *qs = p->qspec;
+        for (int k = 0; k < K; ++k) {
+            float v = rintf((xm ? x[k] * xm[k] : x[k]) / s) + (float)qs[0];
+            v = v < (float)qs[1] ? (float)qs[1] : (v > (float)qs[2] ? (float)qs[2] : v);
+            q[k] = (int8_t)((int)v - qs[3]);
+        }
+        p->sx[m] = s;
     } else {
         const float *x = p->x + (size_t)m * K, *xm = p->xmul;
         float amax = 0.0f;
@@ -139,6 +152,23 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
             const __m128i b = _mm_maskz_loadu_epi8(mk, src + k);
             _mm_mask_storeu_epi8(q + k, mk, b);
             vsum = _mm512_add_epi32(vsum, _mm512_cvtepi8_epi32(b));
+        }
+        p->sx[m] = p->sxin[m];
+    } else if (p->sxin) { /* static: the scale, zero point and range are given */
+        const float *x = p->x + (size_t)m * K;
+        const int *qs = p->qspec;
+        const __m512 vs = _mm512_set1_ps(p->sxin[m]), vz = _mm512_set1_ps((float)qs[0]),
+                     lo = _mm512_set1_ps((float)qs[1]), hi = _mm512_set1_ps((float)qs[2]);
+        const __m512i off = _mm512_set1_epi32(qs[3]);
+        for (k = 0; k < K; k += 16) {
+            const __mmask16 mk = mask16(K - k);
+            __m512 v = _mm512_div_ps(row_lanes(x, p->xmul, k, mk), vs);
+            v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vz), lo), hi);
+            /* masked-off lanes would be z - off: keep them out of the sum */
+            const __m512i qi = _mm512_maskz_sub_epi32(mk, _mm512_cvtps_epi32(v), off);
+            _mm_mask_storeu_epi8(q + k, mk, _mm512_cvtsepi32_epi8(qi));
+            vsum = _mm512_add_epi32(vsum, qi);
         }
         p->sx[m] = p->sxin[m];
     } else {
@@ -326,22 +356,26 @@ static void gemm_task(void *vp) {
     }
 }
 
-/* x: fp32 [M][K] (dynamic per-row quantization here; xmul: NULL or fp32 [K], multiplies
- * x's columns first), or NULL and qin int8 [M][K] with
+/* x: fp32 [M][K] (dynamic per-row quantization here, or static when sxin and qspec are
+ * given; xmul: NULL or fp32 [K], multiplies x's columns first), or NULL and qin int8
+ * [M][K] with
  * sxin fp32 [M] (given codes) and zx int32 [M] (their zero points) or NULL; wsum is
  * read only with zx.  w: the packed weight, sw fp32 [NB*16].  acc_out: NULL
  * or int32 [M][N].  isa: 2 or 0.  Returns 0, -1 (out of memory) or -2 (bad arguments). */
 LB_API int lowbit_a8w8_linear(const float *x, const float *xmul, const int8_t *qin,
-                              const float *sxin, const int32_t *zx, int64_t M, int K, int Kp, const uint8_t *w,
+                              const float *sxin, const int32_t *qspec, const int32_t *zx,
+                              int64_t M, int K, int Kp, const uint8_t *w,
                               const float *sw, const int32_t *wsum, int N,
                               const float *bias, float *y, int32_t *acc_out, int isa,
                               int nthreads) {
+    const int stat = x && sxin;
     if (M < 1 || K < 1 || Kp < K || Kp % 4 || N < 1 || (!x && (!qin || !sxin)) ||
-        (zx && (x || !wsum)))
+        (zx && ((x && !stat) || !wsum)) || (stat && !qspec) ||
+        (stat && (qspec[1] > qspec[2] || qspec[1] - qspec[3] < -128 || qspec[2] - qspec[3] > 127)))
         return -2;
     if ((isa != 0 && isa != 2) || isa > lowbit_a8w4_cpu_level()) return -2;
     problem8 p = {.x = x, .xmul = x ? xmul : NULL, .qin = x ? NULL : qin, .sxin = sxin,
-                  .zx = zx, .wsum = wsum,
+                  .qspec = stat ? qspec : NULL, .zx = zx, .wsum = wsum,
                   .M = M, .K = K, .Kp = Kp, .N = N, .NB = (N + 15) / 16, .w = w, .sw = sw,
                   .bias = bias, .y = y,
                   .acc_out = acc_out, .isa = isa};

@@ -30,6 +30,7 @@ to Kp (a multiple of 4), codes stored as ``u = w + 128`` (uint8), per block and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,8 @@ from torch import Tensor
 from . import _build
 
 __all__ = ["MAX_K", "PackedA8W8", "a8w8_accumulators", "a8w8_isa", "a8w8_linear",
-           "a8w8_linear_codes", "pack_a8w8", "reference_a8w8_linear", "unpack_a8w8"]
+           "a8w8_linear_codes", "a8w8_linear_static", "pack_a8w8", "reference_a8w8_linear",
+           "unpack_a8w8"]
 
 _TINY = torch.finfo(torch.float32).tiny
 _LEVELS = {"avx512_vnni": 2, "scalar": 0, "reference": -1}
@@ -185,7 +187,7 @@ def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
 
-def _native(pw, x2, x_mul, codes, bias, level, want_acc):
+def _native(pw, x2, x_mul, codes, bias, level, want_acc, static=None):
     m, n = (x2 if x2 is not None else codes[0]).shape[0], pw.out_features
     y = torch.empty(m, n, dtype=torch.float32)
     acc = torch.empty(m, n, dtype=torch.int32) if want_acc else None
@@ -194,8 +196,11 @@ def _native(pw, x2, x_mul, codes, bias, level, want_acc):
     if bias is not None:
         bias = bias.contiguous()
     qx, sx, zx = codes if codes is not None else (None, None, None)
+    qspec = None
+    if static is not None:  # x is quantized in the kernel with these (see a8w8_linear_static)
+        sx, qspec, zx = static
     rc = _build.library().lowbit_a8w8_linear(
-        _ptr(x2), _ptr(x_mul), _ptr(qx), _ptr(sx), _ptr(zx), m, pw.in_features, pw.padded_in_features,
+        _ptr(x2), _ptr(x_mul), _ptr(qx), _ptr(sx), _ptr(qspec), _ptr(zx), m, pw.in_features, pw.padded_in_features,
         pw.data.data_ptr(), pw.scales.data_ptr(), pw.wsum.data_ptr(), n,
         _ptr(bias), y.data_ptr(), _ptr(acc), level, _package().get_num_threads())
     if rc == -1:
@@ -205,7 +210,13 @@ def _native(pw, x2, x_mul, codes, bias, level, want_acc):
     return acc if want_acc else y
 
 
-def _run(x, pw, bias, isa, codes, want_acc, x_mul=None):
+def _static_codes(x2, scale, z, qmin, qmax):
+    """lb.quantize's static integer codes of x2 (the torch side of a8w8_linear_static)."""
+    r = torch.round(x2 / scale) + z
+    return r.clamp_(qmin, qmax)
+
+
+def _run(x, pw, bias, isa, codes, want_acc, x_mul=None, static=None):
     level = _level(isa)
     if codes is None:
         if not isinstance(x, Tensor) or x.dtype != torch.float32 or x.dim() < 1:
@@ -231,11 +242,27 @@ def _run(x, pw, bias, isa, codes, want_acc, x_mul=None):
         if zx is not None:
             zx = zx.to(torch.int32).reshape(-1).expand(m).contiguous()
         codes = (qx.contiguous(), sx, zx)
+    if static is not None:  # (scale, zero point, qmin, qmax, offset) -> kernel arguments
+        scale, z, qmin, qmax, off = static
+        if not (scale > 0 and math.isfinite(scale)) or not -128 <= qmin - off <= qmax - off <= 127:
+            raise ValueError(f"static: scale must be finite and > 0 and the codes minus the "
+                             f"offset within int8; got scale={scale}, range [{qmin}, {qmax}], "
+                             f"offset {off}")
+        if z != off and pw.in_features * 255 * 128 > 2**31 - 1:
+            raise ValueError("zero_point: K <= 65,793 with a zero point (int32 bound)")
+        m = x2.shape[0]
+        static = (torch.full((m,), scale, dtype=torch.float32),
+                  torch.tensor([z, qmin, qmax, off], dtype=torch.int32),
+                  None if z == off else torch.full((m,), z - off, dtype=torch.int32))
     if level < 0:
         xs = x2 if x_mul is None or x2 is None else x2 * x_mul
+        if static is not None:
+            sx, (z, qmin, qmax, off), zx = static[0], static[1].tolist(), static[2]
+            c = (_static_codes(xs, sx[0].item(), z, qmin, qmax) - off).to(torch.int8)
+            xs, codes = None, (c, sx, zx)
         y = reference_a8w8_linear(xs, pw, bias, codes=codes, want_acc=want_acc)
     else:
-        y = _native(pw, x2, x_mul, codes, bias, level, want_acc)
+        y = _native(pw, x2, x_mul, codes, bias, level, want_acc, static)
     return y.reshape(*lead, pw.out_features)
 
 
@@ -246,6 +273,19 @@ def a8w8_linear(x: Tensor, weight: PackedA8W8, bias: Tensor | None = None, *,
     the quantization: the result is that of ``a8w8_linear(x * x_mul, ...)``, bit for bit.
     ``isa`` forces a path ("avx512_vnni", "scalar", "reference"); all agree bit for bit."""
     return _run(x, weight, bias, isa, None, False, x_mul)
+
+
+def a8w8_linear_static(x: Tensor, weight: PackedA8W8, scale: float, bias: Tensor | None = None,
+                       *, zero_point: int = 0, qmin: int = -128, qmax: int = 127,
+                       offset: int = 0, isa: str | None = None,
+                       x_mul: Tensor | None = None) -> Tensor:
+    """y for activations quantized here with a calibrated per-tensor scale (static int8):
+    codes ``c = clamp(round_half_even(x' / scale) + zero_point, qmin, qmax)`` (x' = x *
+    x_mul), exactly ``lb.quantize``'s static int8 / uint8 codes, fed to the GEMM as ``c -
+    offset`` (128 for uint8). Saves the separate quantization pass of
+    :func:`a8w8_linear_codes`; non-finite x give unspecified results here."""
+    return _run(x, weight, bias, isa, None, False, x_mul,
+                (float(scale), int(zero_point), int(qmin), int(qmax), int(offset)))
 
 
 def a8w8_linear_codes(qx: Tensor, sx: Tensor, weight: PackedA8W8, bias: Tensor | None = None,
