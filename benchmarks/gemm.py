@@ -21,8 +21,8 @@ call and slow the next one): every sample starts with a pause (the other pools g
 then untimed calls for --warm-ms (at least one: on this VM the first calls after an idle
 pause run 2-5x slower while the cores and the method's own threads wake up; they also
 fill the cache when hot), then --reps timed back-to-back calls (3 when a call takes over
-10 ms), as a model's forward pass makes them; a sample is the median of those calls, the result the median of the rounds, with the order of methods
-rotated on every round. "hot": the same weight every call (in cache when it fits);
+10 ms), as a model's forward pass makes them; a sample is the median of those calls,
+the result the median of the rounds, with the order of methods rotated on every round. "hot": the same weight every call (in cache when it fits);
 "cold": a rotation through enough copies of the weight to exceed 3x the 32 MiB L3, so
 every call reads its weight from memory. onnxruntime keeps its default spinning workers
 when hot (one session); cold needs a session per weight copy, and a dozen sessions'

@@ -120,7 +120,8 @@ def test_static_activations_quantized_inside_the_kernel(scheme, scale, zp, m, k)
     """Static (calibrated) activations are quantized by the kernel itself: the same codes as
     lb.quantize (ties to even, clamped ranges, K tails), with or without SmoothQuant's 1/s,
     on every path."""
-    qp = lb.QParams(torch.tensor(scale), None if zp is None else torch.tensor(zp, dtype=torch.int32))
+    zero = None if zp is None else torch.tensor(zp, dtype=torch.int32)
+    qp = lb.QParams(torch.tensor(scale), zero)
     p = _problem(m, k, 21, act=(scheme, qp))
     p.x[0, :4] = torch.tensor([0.5, 1.5, -2.5, 1e3]) * scale  # ties to even; saturated
     x_mul = torch.rand(k, generator=torch.Generator().manual_seed(2)) + 0.5

@@ -191,7 +191,8 @@ def _native(x2: Tensor, pw: PackedA8W4, bias: Tensor | None, level: int,
         bias = bias.contiguous()
     k, kp, w, sw, zw, groups, opg, zconst = pw.kernel_args
     rc = _build.library().lowbit_a8w4_linear(
-        x2.data_ptr(), None if x_mul is None else x_mul.data_ptr(), m, k, kp, w, sw, zw, n, groups, opg, zconst,
+        x2.data_ptr(), None if x_mul is None else x_mul.data_ptr(), m, k, kp, w, sw, zw, n,
+        groups, opg, zconst,
         None if bias is None else bias.data_ptr(), y.data_ptr(),
         None if acc is None else acc.data_ptr(), level, _config.get("threads") or get_num_threads())
     if rc == -1:

@@ -200,8 +200,8 @@ def _native(pw, x2, x_mul, codes, bias, level, want_acc, static=None):
     if static is not None:  # x is quantized in the kernel with these (see a8w8_linear_static)
         sx, qspec, zx = static
     rc = _build.library().lowbit_a8w8_linear(
-        _ptr(x2), _ptr(x_mul), _ptr(qx), _ptr(sx), _ptr(qspec), _ptr(zx), m, pw.in_features, pw.padded_in_features,
-        pw.data.data_ptr(), pw.scales.data_ptr(), pw.wsum.data_ptr(), n,
+        _ptr(x2), _ptr(x_mul), _ptr(qx), _ptr(sx), _ptr(qspec), _ptr(zx), m, pw.in_features,
+        pw.padded_in_features, pw.data.data_ptr(), pw.scales.data_ptr(), pw.wsum.data_ptr(), n,
         _ptr(bias), y.data_ptr(), _ptr(acc), level, _package().get_num_threads())
     if rc == -1:
         raise MemoryError("a8w8_linear: native kernel could not allocate its work buffers")
