@@ -176,7 +176,14 @@ def _pack(w: QTensor):
 
 def _static_args(p: Problem):
     """(scale, zero point, qmin, qmax, offset) when float x is to be quantized with a
-    static per-tensor int8 / uint8 scheme rounding to nearest even (fused in the kernel)."""
+    static per-tensor int8 / uint8 scheme rounding to nearest even (fused in the kernel).
+    Worked out once per problem, like :func:`_act_form`."""
+    if "_int8_static" not in p.__dict__:
+        p._int8_static = _static_of(p)
+    return p._int8_static
+
+
+def _static_of(p: Problem):
     s, qp = p.act, p.act_qparams
     if qp is None or not isinstance(p.x, Tensor) or qp.scale.numel() != 1 \
             or s.rounding is not Rounding.NEAREST_EVEN \

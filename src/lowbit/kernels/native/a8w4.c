@@ -99,18 +99,12 @@ static void quant_row_scalar(const float *x, const float *xm, int K, int Kp, int
     QUANT_TAIL_BODY
 }
 
-/* lanes k.. of the row (masked), times xm when given */
-INLINE T512Q __m512 row_lanes(const float *x, const float *xm, int k, __mmask16 m) {
-    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
-    return xm ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, xm + k)) : v;
-}
-
 T512Q static void quant_row_512(const float *x, const float *xm, int K, int Kp, int8_t *q,
                                float *sx, int32_t *nrs, int G, int gk) {
     __m512 vmax = _mm512_setzero_ps();
     for (int k = 0; k < K; k += 16) {
         __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
-        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(row_lanes(x, xm, k, m)));
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(lb_row_lanes(x, xm, k, m)));
     }
     float amax = _mm512_reduce_max_ps(vmax);
     float s = amax / 127.0f;
@@ -118,7 +112,7 @@ T512Q static void quant_row_512(const float *x, const float *xm, int K, int Kp, 
     const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
     for (int k = 0; k < K; k += 16) {
         __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
-        __m512 v = _mm512_div_ps(row_lanes(x, xm, k, m), vs);
+        __m512 v = _mm512_div_ps(lb_row_lanes(x, xm, k, m), vs);
         v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
         _mm_mask_storeu_epi8(q + k, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
     }
@@ -149,17 +143,17 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
 #pragma GCC unroll 4
                 for (int i = 0; i < MR; ++i)
                     acc[i][j] = _mm512_set1_epi32(p->zconst * p->nrs[(size_t)(m0 + i) * G + g]);
-#pragma GCC unroll 4
-                for (int i = 0; i < MR; ++i) acch[i][j] = _mm512_setzero_si512();
                 continue;
             }
             __m512i z = _mm512_loadu_si512(p->zw + ((size_t)(b0 + j) * G + g) * 16);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i)
                 acc[i][j] = _mm512_mullo_epi32(z, _mm512_set1_epi32(p->nrs[(size_t)(m0 + i) * G + g]));
-#pragma GCC unroll 4
-            for (int i = 0; i < MR; ++i) acch[i][j] = _mm512_setzero_si512();
         }
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+            for (int j = 0; j < NR; ++j) acch[i][j] = _mm512_setzero_si512();
         const size_t o0 = (size_t)g * opg;
         for (int o = 0; o < opg; ++o) {
             __m512i lo[2], hi[2];

@@ -136,12 +136,6 @@ static void row_scalar(const problem8 *p, int64_t m) {
     p->corr[m] = wrap_corr(sum);
 }
 
-/* lanes k.. of a row (masked), times xm when given */
-INLINE T512Q __m512 row_lanes(const float *x, const float *xm, int k, __mmask16 m) {
-    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
-    return xm ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, xm + k)) : v;
-}
-
 T512Q static void row_512(const problem8 *p, int64_t m) {
     const int K = p->K;
     int8_t *q = p->qx + (size_t)m * p->ldq;
@@ -164,7 +158,7 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
         const __m512i off = _mm512_set1_epi32(qs[3]);
         for (k = 0; k < K; k += 16) {
             const __mmask16 mk = mask16(K - k);
-            __m512 v = _mm512_div_ps(row_lanes(x, p->xmul, k, mk), vs);
+            __m512 v = _mm512_div_ps(lb_row_lanes(x, p->xmul, k, mk), vs);
             v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vz), lo), hi);
             /* masked-off lanes would be z - off: keep them out of the sum */
@@ -177,14 +171,15 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
         const float *x = p->x + (size_t)m * K;
         __m512 vmax = _mm512_setzero_ps();
         for (k = 0; k < K; k += 16)
-            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(row_lanes(x, p->xmul, k, mask16(K - k))));
+            vmax = _mm512_max_ps(vmax,
+                                 _mm512_abs_ps(lb_row_lanes(x, p->xmul, k, mask16(K - k))));
         const float s = row_scale(_mm512_reduce_max_ps(vmax));
         const __m512 vs = _mm512_set1_ps(s);
         for (k = 0; k < K; k += 16) {
             const __mmask16 mk = mask16(K - k);
             /* x / s, rounded to nearest even by the default MXCSR mode; masked-off lanes
              * are 0 / s = 0, so they add nothing to the sum */
-            const __m512 v = _mm512_div_ps(row_lanes(x, p->xmul, k, mk), vs);
+            const __m512 v = _mm512_div_ps(lb_row_lanes(x, p->xmul, k, mk), vs);
             const __m512i qi = _mm512_cvtps_epi32(v);
             _mm_mask_storeu_epi8(q + k, mk, _mm512_cvtsepi32_epi8(qi));
             vsum = _mm512_add_epi32(vsum, qi);

@@ -8,6 +8,8 @@
  *   lowbit_a8w4_cpu_level()     best ISA level of this CPU: 2 = avx512 vnni (+ f/bw/vl),
  *                               1 = avx2, 0 = scalar (exported; the name is historical).
  *   lowbit_a8w4_set_spin_us(us) how long idle pool threads spin before sleeping.
+ *   lb_row_lanes(x, xm, k, m)   16 fp32 lanes of a row from k (masked), times the column
+ *                               multiplier xm (SmoothQuant's 1/s) when it is not NULL.
  */
 #ifndef LOWBIT_NATIVE_COMMON_H
 #define LOWBIT_NATIVE_COMMON_H
@@ -20,5 +22,13 @@ typedef void (*task_fn)(void *arg);
 void lb_pool_run(task_fn fn, void *arg, int nth);
 LB_API int lowbit_a8w4_cpu_level(void);
 LB_API void lowbit_a8w4_set_spin_us(int us);
+
+#include <immintrin.h>
+
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) __m512
+lb_row_lanes(const float *x, const float *xm, int k, __mmask16 m) {
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    return xm ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, xm + k)) : v;
+}
 
 #endif
