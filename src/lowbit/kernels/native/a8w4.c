@@ -241,7 +241,7 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
 #define LB_DP(x, w, a) "vpdpbusd %%zmm" #x ", %%zmm" #w ", %%zmm" #a "\n\t"
 #define LB_ROW(row, a0, a1)                                                            \
     "vpbroadcastd " row ", %%zmm29\n\t"                                                \
-    "vpbroadcastd 4+" row ", %%zmm30\n\t"                                              \
+    "vpbroadcastd 4" row ", %%zmm30\n\t"                                               \
     LB_DP(29, 25, a0) LB_DP(29, 27, a1) LB_DP(30, 26, a0) LB_DP(30, 28, a1)
 #define LB_UNPACK(src, lo, hi)                                                         \
     "vmovdqu64 " src ", %%zmm" #lo "\n\t"                                              \
