@@ -105,7 +105,7 @@ T512Q static void quant_row_512(const float *x, const float *xm, int K, int Kp, 
                                float *sx, int32_t *nrs, int G, int gk) {
     __m512 vmax = _mm512_setzero_ps();
     for (int k = 0; k < K; k += 16) {
-        __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        const __mmask16 m = lb_mask16(K - k);
         vmax = _mm512_max_ps(vmax, _mm512_abs_ps(lb_row_lanes(x, xm, k, m)));
     }
     float amax = _mm512_reduce_max_ps(vmax);
@@ -113,7 +113,7 @@ T512Q static void quant_row_512(const float *x, const float *xm, int K, int Kp, 
     if (s == 0.0f) s = 1.0f;
     const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
     for (int k = 0; k < K; k += 16) {
-        __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        const __mmask16 m = lb_mask16(K - k);
         __m512 v = _mm512_div_ps(lb_row_lanes(x, xm, k, m), vs);
         v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
         _mm_mask_storeu_epi8(q + k, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
@@ -137,6 +137,15 @@ T512Q static void quant_row_512(const float *x, const float *xm, int K, int Kp, 
 
 /* ------------------------------------------------------------------------------ */
 /* AVX-512 VNNI tile: MR rows x NR blocks of 16 columns, full K                   */
+
+/* y[m, block b] = t * s_x[m] (+ bias), the columns past N masked off */
+INLINE T512 void store_out(const problem *p, int64_t m, int b, __m512 t) {
+    const int n0 = 16 * b;
+    const __mmask16 mk = lb_mask16(p->N - n0);
+    __m512 v = _mm512_mul_ps(t, _mm512_set1_ps(p->sx[m]));
+    if (p->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, p->bias + n0));
+    _mm512_mask_storeu_ps(p->y + (size_t)m * p->N + n0, mk, v);
+}
 
 INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, const int NR) {
     const int G = p->G, opg = p->opg, Kp = p->Kp, N = p->N;
@@ -214,17 +223,9 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
         }
     }
 #pragma GCC unroll 4
-    for (int j = 0; j < NR; ++j) {
-        const int n0 = 16 * (b0 + j);
-        const __mmask16 mk = N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1u);
-        const __m512 bv = p->bias ? _mm512_maskz_loadu_ps(mk, p->bias + n0) : _mm512_setzero_ps();
+    for (int j = 0; j < NR; ++j)
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; ++i) {
-            __m512 v = _mm512_mul_ps(t[i][j], _mm512_set1_ps(p->sx[m0 + i]));
-            if (p->bias) v = _mm512_add_ps(v, bv);
-            _mm512_mask_storeu_ps(p->y + (size_t)(m0 + i) * N + n0, mk, v);
-        }
-    }
+        for (int i = 0; i < MR; ++i) store_out(p, m0 + i, b0 + j, t[i][j]);
 }
 
 /* Full 6 x 2 tile (6 rows x 2 blocks of 16 columns, all K) in inline asm with fixed
@@ -352,16 +353,7 @@ T512 static void tile512_6x2(const problem *p, int64_t m0, int b0) {
                         ao[((size_t)g * 12 + r) * 16 + l];
         free(ao);
     }
-    for (int j = 0; j < 2; ++j) {
-        const int n0 = 16 * (b0 + j);
-        const __mmask16 mk = N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1u);
-        const __m512 bv = p->bias ? _mm512_maskz_loadu_ps(mk, p->bias + n0) : _mm512_setzero_ps();
-        for (int i = 0; i < 6; ++i) {
-            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(t[2 * i + j]), _mm512_set1_ps(p->sx[m0 + i]));
-            if (p->bias) v = _mm512_add_ps(v, bv);
-            _mm512_mask_storeu_ps(p->y + (size_t)(m0 + i) * N + n0, mk, v);
-        }
-    }
+    for (int r = 0; r < 12; ++r) store_out(p, m0 + r / 2, b0 + r % 2, _mm512_loadu_ps(t[r]));
 }
 
 T512 static void run512_tiles(const problem *p, int b_begin, int b_end, int64_t m_begin, int64_t m_end) {

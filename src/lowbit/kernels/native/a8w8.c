@@ -89,11 +89,6 @@ typedef struct {
  * accumulator fits in int32, so the wrapped result is exact) */
 static int32_t wrap_corr(int32_t sum) { return (int32_t)(0u - 128u * (uint32_t)sum); }
 
-/* lanes 0..r-1 of a 16-lane mask (all of them when r >= 16) */
-static inline __mmask16 mask16(int r) {
-    return r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1u);
-}
-
 static float row_scale(float amax) {
     if (!(amax > 0.0f)) return 1.0f;
     const float s = amax / 127.0f;
@@ -144,7 +139,7 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
     if (p->qin) {
         const int8_t *src = p->qin + (size_t)m * K;
         for (k = 0; k < K; k += 16) {
-            const __mmask16 mk = mask16(K - k);
+            const __mmask16 mk = lb_mask16(K - k);
             const __m128i b = _mm_maskz_loadu_epi8(mk, src + k);
             _mm_mask_storeu_epi8(q + k, mk, b);
             vsum = _mm512_add_epi32(vsum, _mm512_cvtepi8_epi32(b));
@@ -157,7 +152,7 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
                      lo = _mm512_set1_ps((float)qs[1]), hi = _mm512_set1_ps((float)qs[2]);
         const __m512i off = _mm512_set1_epi32(qs[3]);
         for (k = 0; k < K; k += 16) {
-            const __mmask16 mk = mask16(K - k);
+            const __mmask16 mk = lb_mask16(K - k);
             __m512 v = _mm512_div_ps(lb_row_lanes(x, p->xmul, k, mk), vs);
             v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vz), lo), hi);
@@ -172,11 +167,11 @@ T512Q static void row_512(const problem8 *p, int64_t m) {
         __m512 vmax = _mm512_setzero_ps();
         for (k = 0; k < K; k += 16)
             vmax = _mm512_max_ps(vmax,
-                                 _mm512_abs_ps(lb_row_lanes(x, p->xmul, k, mask16(K - k))));
+                                 _mm512_abs_ps(lb_row_lanes(x, p->xmul, k, lb_mask16(K - k))));
         const float s = row_scale(_mm512_reduce_max_ps(vmax));
         const __m512 vs = _mm512_set1_ps(s);
         for (k = 0; k < K; k += 16) {
-            const __mmask16 mk = mask16(K - k);
+            const __mmask16 mk = lb_mask16(K - k);
             /* x / s, rounded to nearest even by the default MXCSR mode; masked-off lanes
              * are 0 / s = 0, so they add nothing to the sum */
             const __m512 v = _mm512_div_ps(lb_row_lanes(x, p->xmul, k, mk), vs);
@@ -227,7 +222,7 @@ INLINE T512 void tile512(const problem8 *p, int64_t m0, int b0, const int MR, co
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
         const int n0 = 16 * (b0 + j);
-        const __mmask16 mk = mask16(N - n0);
+        const __mmask16 mk = lb_mask16(N - n0);
         const __m512 s = _mm512_loadu_ps(p->sw + n0);
         const __m512 bv = p->bias ? _mm512_maskz_loadu_ps(mk, p->bias + n0) : _mm512_setzero_ps();
 #pragma GCC unroll 4

@@ -10,6 +10,7 @@
  *   lowbit_a8w4_set_spin_us(us) how long idle pool threads spin before sleeping.
  *   lb_row_lanes(x, xm, k, m)   16 fp32 lanes of a row from k (masked), times the column
  *                               multiplier xm (SmoothQuant's 1/s) when it is not NULL.
+ *   lb_mask16(r)                lanes 0..r-1 of a 16-lane mask (all of them when r >= 16).
  */
 #ifndef LOWBIT_NATIVE_COMMON_H
 #define LOWBIT_NATIVE_COMMON_H
@@ -24,6 +25,10 @@ LB_API int lowbit_a8w4_cpu_level(void);
 LB_API void lowbit_a8w4_set_spin_us(int us);
 
 #include <immintrin.h>
+
+static inline __mmask16 lb_mask16(int r) {
+    return r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1u);
+}
 
 static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) __m512
 lb_row_lanes(const float *x, const float *xm, int k, __mmask16 m) {
