@@ -231,8 +231,9 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
 /* Full 6 x 2 tile (6 rows x 2 blocks of 16 columns, all K) in inline asm with fixed
  * registers: through intrinsics GCC copies or spills the vpdpbusd accumulators on every
  * step.  The same operations as tile512, with r = 2i + j (row i, block j), per group g:
- *   acc[r] = sum over the group's octets of u[block j] . qx[row i]   (from 0, exact int32)
- *   acc[r] = acc[r] + c[g][i]                 symmetric: c = zconst * nrs (zero point)
+ *   acc[r] = c[g][i]                          symmetric: c = zconst * nrs (zero point)
+ *   acc[r] = 0                                asymmetric
+ *   acc[r] = acc[r] + sum over the group's octets of u[block j] . qx[row i]  (exact int32)
  *   acc[r] = acc[r] + z_j * c[g][i]           asymmetric: c = nrs, z_j the group's zero
  *                                             points of block j (at z, z + ss bytes)
  *   ao[g][r] = acc[r]                         when ao is not NULL (the test hook)
@@ -250,9 +251,11 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
     "vpandd %%zmm24, %%zmm" #lo ", %%zmm" #lo "\n\t"                                   \
     "vpandd %%zmm24, %%zmm" #hi ", %%zmm" #hi "\n\t"
 #define LB_ZERO(r) "vpxord %%zmm" #r ", %%zmm" #r ", %%zmm" #r "\n\t"
-#define LB_CSYM(i, a0, a1)                                                             \
-    "vpaddd " #i "*4(%[c])%{1to16%}, %%zmm" #a0 ", %%zmm" #a0 "\n\t"                   \
-    "vpaddd " #i "*4(%[c])%{1to16%}, %%zmm" #a1 ", %%zmm" #a1 "\n\t"
+#define LB_INIT_SYM(i, a0, a1) /* from the correction: loads, no vector ALU op */     \
+    "vpbroadcastd " #i "*4(%[c]), %%zmm" #a0 "\n\t"                                   \
+    "vpbroadcastd " #i "*4(%[c]), %%zmm" #a1 "\n\t"
+#define LB_INIT_ZERO(i, a0, a1) LB_ZERO(a0) LB_ZERO(a1)
+#define LB_CNONE(i, a0, a1) ""
 #define LB_CASYM(i, a0, a1)                                                            \
     "vpmulld " #i "*4(%[c])%{1to16%}, %%zmm25, %%zmm29\n\t"                            \
     "vpmulld " #i "*4(%[c])%{1to16%}, %%zmm26, %%zmm30\n\t"                            \
@@ -270,14 +273,14 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
     "vaddps %%zmm" #a ", %%zmm" #t ", %%zmm" #t "\n\t"
 #define LB_EPI2(a0, a1, t0, t1) LB_EPI(a0, t0, "(%[s])") LB_EPI(a1, t1, "(%[s],%[ss],1)")
 #define LB_TOUT(r, t) "vmovups %%zmm" #t ", " #r "*64(%[n])\n\t"
-#define LB_TILE6X2(ZLOAD, CORR)                                                        \
+#define LB_TILE6X2(INIT, ZLOAD, CORR)                                                  \
     __asm__ volatile(                                                                  \
         "vpbroadcastd %[mask], %%zmm24\n\t"                                            \
         LB_ZERO(12) LB_ZERO(13) LB_ZERO(14) LB_ZERO(15) LB_ZERO(16) LB_ZERO(17)        \
         LB_ZERO(18) LB_ZERO(19) LB_ZERO(20) LB_ZERO(21) LB_ZERO(22) LB_ZERO(23)        \
         "3:\n\t" /* groups */                                                          \
-        LB_ZERO(0) LB_ZERO(1) LB_ZERO(2) LB_ZERO(3) LB_ZERO(4) LB_ZERO(5)              \
-        LB_ZERO(6) LB_ZERO(7) LB_ZERO(8) LB_ZERO(9) LB_ZERO(10) LB_ZERO(11)            \
+        INIT(0, 0, 1) INIT(1, 2, 3) INIT(2, 4, 5) INIT(3, 6, 7) INIT(4, 8, 9)          \
+        INIT(5, 10, 11)                                                                \
         "mov %[opg], %[n]\n\t"                                                         \
         "1:\n\t" /* octets of the group */                                             \
         LB_UNPACK("(%[w])", 25, 26)                                                    \
@@ -327,8 +330,8 @@ INLINE T512 void tile6x2_asm(const uint8_t *w, size_t bs, const int8_t *q, size_
     const int8_t *q3 = q + 3 * ldq;
     const int32_t mask = 0x0F0F0F0F;
     int64_t n;
-    if (z) LB_TILE6X2(LB_ZLOAD_ASYM, LB_CASYM);
-    else LB_TILE6X2(LB_ZLOAD_SYM, LB_CSYM);
+    if (z) LB_TILE6X2(LB_INIT_ZERO, LB_ZLOAD_ASYM, LB_CASYM);
+    else LB_TILE6X2(LB_INIT_SYM, LB_ZLOAD_SYM, LB_CNONE);
 }
 
 /* 6 rows x 2 blocks from m0, b0 */
