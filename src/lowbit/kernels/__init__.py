@@ -134,7 +134,7 @@ def _run(p: Problem) -> Tensor:
     y = impl.fn(p)
     if not impl.rounds_output:
         y = mixed.round_output(y, p.out_dtype, p.rounding)
-    return y.reshape(*p.lead, p.n)
+    return y if len(p.lead) == 1 else y.reshape(*p.lead, p.n)
 
 
 def matmul(a, b, *, out_dtype=None, rounding="nearest_even") -> Tensor:

@@ -224,7 +224,8 @@ def _run(x, pw, bias, isa, codes, want_acc, x_mul=None, static=None):
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         _check(pw, bias, x.shape[-1])
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, pw.in_features).contiguous()
+        x2 = x if x.dim() == 2 and x.is_contiguous() else \
+            x.reshape(-1, pw.in_features).contiguous()
         x_mul = check_x_mul(x_mul, pw.in_features)
     else:
         qx, sx, zx = codes
@@ -263,7 +264,7 @@ def _run(x, pw, bias, isa, codes, want_acc, x_mul=None, static=None):
         y = reference_a8w8_linear(xs, pw, bias, codes=codes, want_acc=want_acc)
     else:
         y = _native(pw, x2, x_mul, codes, bias, level, want_acc, static)
-    return y.reshape(*lead, pw.out_features)
+    return y if len(lead) == 1 else y.reshape(*lead, pw.out_features)
 
 
 def a8w8_linear(x: Tensor, weight: PackedA8W8, bias: Tensor | None = None, *,
