@@ -23,12 +23,16 @@ pause run 2-5x slower while the cores and the method's own threads wake up; they
 fill the cache when hot), then --reps timed back-to-back calls (3 when a call takes over
 10 ms), as a model's forward pass makes them; a sample is the median of those calls,
 the result the median of the rounds, with the order of methods rotated on every round. "hot": the same weight every call (in cache when it fits);
-"cold": a rotation through enough copies of the weight to exceed 3x the 32 MiB L3, so
-every call reads its weight from memory. onnxruntime keeps its default spinning workers
+"cold": a rotation through enough copies of the weight to exceed 10x the 32 MiB L3, so
+every call reads its weight from memory (with 3x, a third of an int8 weight still came from
+the L3, whose replacement is not LRU: A8W8 read at 44 GB/s, more than the memory gives).
+Cold shapes also measure the memory's read bandwidth (torch's sum of 256 MiB) just before
+their methods run. onnxruntime keeps its default spinning workers
 when hot (one session); cold needs a session per weight copy, and a dozen sessions'
 spinning workers slow every other method several-fold (fp32 3.3 -> 23 ms at M=1), so
 there its sessions run with allow_spinning=0.
-Prints ms, GOP/s (2*M*K*N per second) and the speed ratio to fp32.
+Prints ms, GOP/s (2*M*K*N per second), GB/s (the stored weight, codes and scales, read
+per second), the share of the measured memory bandwidth (cold) and the speed ratio to fp32.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from machine import cpu_name
+from machine import cpu_name, memory_read_gbs
 
 import lowbit as lb
 import lowbit.kernels as K
@@ -112,30 +116,31 @@ def _ao_linear(w: torch.Tensor):
 
 
 def methods(w: torch.Tensor, have_ort: bool, cold: bool = False):
-    """name -> (build(w) -> state, run(state, x_fp32, x_bf16), bytes of one weight)."""
+    """name -> (build(w) -> state, run(state, x_fp32, x_bf16), bytes of one stored weight)."""
     n, k = w.shape
+    i8, i4 = n * k + 4 * n, n * k // 2 + 4 * n * (k // 128)  # codes + fp32 scales
     m = {
         "fp32 torch": (lambda w: w.clone(), lambda s, x, xb: F.linear(x, s), 4 * n * k),
         "bf16 torch": (lambda w: w.bfloat16(), lambda s, x, xb: F.linear(xb, s), 2 * n * k),
         "bf16 lowbit": (lambda w: K.prepare(w.bfloat16()), lambda s, x, xb: K.linear(xb, s),
                         2 * n * k),
         "A8W8 lowbit": (lambda w: K.prepare(lb.quantize(w, "int8:channel"), "int8:token"),
-                        lambda s, x, xb: K.linear(x, s), n * k),
-        "A8W8 torch.ao": (_ao_linear, lambda s, x, xb: s(x), n * k),
+                        lambda s, x, xb: K.linear(x, s), i8),
+        "A8W8 torch.ao": (_ao_linear, lambda s, x, xb: s(x), i8),
         "int_mm raw": (lambda w: lb.quantize(w, "int8:channel").codes.view(torch.int8),
                        lambda s, x, xb: torch._int_mm(x_i8(x), s.t()), n * k),
         "A8W4 lowbit": (lambda w: K.prepare(lb.quantize(w, "int4:g128"), "int8:token"),
-                        lambda s, x, xb: K.linear(x, s), n * k // 2),
+                        lambda s, x, xb: K.linear(x, s), i4),
         "W4A16 lowbit": (lambda w: K.prepare(lb.quantize(w, "int4:g128")),
-                         lambda s, x, xb: K.linear(xb, s), n * k // 2),
+                         lambda s, x, xb: K.linear(xb, s), i4),
         "W8A16 lowbit": (lambda w: K.prepare(lb.quantize(w, "int8:channel")),
-                         lambda s, x, xb: K.linear(xb, s), n * k),
+                         lambda s, x, xb: K.linear(xb, s), i8),
     }
     if have_ort:
         m["A8W8 onnxruntime"] = (lambda w: _ort_int8(w, not cold), lambda s, x, xb: s(x.numpy()),
-                                  n * k)
+                                  i8)
         m["A8W4 ort MatMulNBits"] = (lambda w: _ort_nbits(w, not cold),
-                                      lambda s, x, xb: s(x.numpy()), n * k // 2)
+                                      lambda s, x, xb: s(x.numpy()), i4)
     return m
 
 
@@ -188,7 +193,7 @@ def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 *
                 run(st, x, xb)
                 burst.append(time.perf_counter() - t1)
             times[name].append(statistics.median(burst))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: (statistics.median(t), table[name][2]) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -203,8 +208,8 @@ def main(argv=None):
     ap.add_argument("--warm-ms", type=float, default=10.0,
                     help="untimed calls for at least this long before each sample")
     ap.add_argument("--only", default="", help="comma-separated substrings of method names")
-    ap.add_argument("--cold-mib", type=int, default=96,
-                    help="cold mode: weight copies totalling at least this many MiB (3x L3)")
+    ap.add_argument("--cold-mib", type=int, default=320,
+                    help="cold mode: weight copies totalling at least this many MiB (10x L3)")
     args = ap.parse_args(argv)
     try:
         import onnx  # noqa: F401
@@ -220,16 +225,22 @@ def main(argv=None):
     only = [o for o in args.only.split(",") if o] or None
     for mode in modes:
         for shape in shapes:
+            bw = memory_read_gbs() if mode == "cold" else None
             res = bench_shape(shape, mode, args.rounds, args.pause, have_ort, only,
                               args.cold_mib * 2**20, args.reps,
                               args.warm_ms / 1e3)
             gop = 2 * math.prod(shape) / 1e9
-            base = res.get("fp32 torch")
+            base = res.get("fp32 torch", (None,))[0]
             print(f"\n## M={shape[0]} K={shape[1]} N={shape[2]}, weights {mode}")
-            print(f"{'method':24s} {'ms':>9s} {'GOP/s':>8s} {'x fp32':>7s}")
-            for name, t in res.items():
+            if bw:
+                print(f"memory read bandwidth just before: {bw:.1f} GB/s (torch sum of 256 MiB)")
+            print(f"{'method':24s} {'ms':>9s} {'GOP/s':>8s} {'GB/s':>7s}"
+                  f"{' % mem' if bw else ''} {'x fp32':>7s}")
+            for name, (t, nbytes) in res.items():
                 ratio = f"{base / t:7.2f}" if base else "      -"
-                print(f"{name:24s} {t * 1e3:9.3f} {gop / t:8.1f} {ratio}")
+                share = f" {100 * nbytes / t / 1e9 / bw:5.0f}" if bw else ""
+                print(f"{name:24s} {t * 1e3:9.3f} {gop / t:8.1f} {nbytes / t / 1e9:7.1f}{share} "
+                      f"{ratio}")
 
 
 if __name__ == "__main__":

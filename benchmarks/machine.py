@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import statistics
+import time
 from pathlib import Path
 
 
@@ -15,3 +17,18 @@ def cpu_name() -> str:
     except OSError:  # not Linux: fall back below
         pass
     return platform.processor() or platform.machine()
+
+
+def memory_read_gbs(mib: int = 256, reps: int = 9) -> float:
+    """Read bandwidth of main memory in GB/s, as torch's multi-threaded sum sees it: the
+    median over ``reps`` sums of an fp32 tensor of ``mib`` MiB (8x this machine's L3)."""
+    import torch
+
+    a = torch.ones(mib * 2**20 // 4)
+    a.sum()  # first touch and thread start-up, untimed
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        times.append(time.perf_counter() - t0)
+    return a.numel() * 4 / statistics.median(times) / 1e9
