@@ -155,7 +155,7 @@ def x_i8(x):
     return _XI8[key]
 
 
-def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=96 * 2**20,
+def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=320 * 2**20,
                 reps=7, warm_s=0.01):
     mm, k, n = shape
     torch.manual_seed(0)
@@ -202,7 +202,8 @@ def main(argv=None):
                     help="comma-separated MxKxN")
     ap.add_argument("--mode", choices=("hot", "cold", "both"), default="both")
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--pause", type=float, default=0.05, help="seconds before each sample")
+    ap.add_argument("--pause", type=float, default=0.1,  # onnxruntime spins ~50 ms after a run
+                    help="seconds before each sample")
     ap.add_argument("--reps", type=int, default=7,
                     help="timed back-to-back calls per sample, after the warm-up calls")
     ap.add_argument("--warm-ms", type=float, default=10.0,

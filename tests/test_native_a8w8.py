@@ -203,6 +203,30 @@ def test_pack_roundtrip_and_errors():
         nat.a8w8_linear(torch.randn(2, 10), pw, isa="avx2")
 
 
+def test_weights_in_huge_pages_give_the_same_results():
+    """Weights of 2 MiB and more are copied into transparent-huge-page memory at packing
+    (see in_huge_pages); the copy is exact and the kernels read it like any tensor."""
+    from lowbit.kernels.native._layout import in_huge_pages
+
+    small = torch.arange(10.0)
+    assert in_huge_pages(small) is small  # below one huge page: kept as is
+    t = _rand(1024, 600)  # 2.3 MiB: one huge page and a 4 KiB tail
+    h = in_huge_pages(t)
+    assert torch.equal(h, t) and h.dtype == t.dtype and h.is_contiguous()
+    if h is not t:  # t itself where the OS offers no huge pages
+        assert h.data_ptr() % 2**21 == 0
+    p = _problem(3, 2048, 1030)  # int8 codes: 2.1 MB
+    pw = _packed(p)
+    assert pw.data.numel() >= 2**21
+    want = reference.integer_reference(p)
+    for isa in ISAS:
+        assert torch.equal(nat.a8w8_linear(p.x, pw, p.bias, isa=isa), want), isa
+    w4 = lb.quantize(_rand(2048, 2048, seed=5), "int4:g128")  # packed int4: 2 MiB
+    x = _rand(3, 2048, seed=6)
+    pw4 = K.prepare(w4, "int8:token")
+    assert torch.equal(K.linear(x, pw4), reference.integer_reference(Problem(x, pw4)))
+
+
 def test_fallback_without_the_native_library():
     code = (
         "import torch, lowbit as lb, lowbit.kernels as K\n"

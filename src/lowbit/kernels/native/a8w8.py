@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from . import _build
+from ._layout import in_huge_pages
 
 __all__ = ["MAX_K", "PackedA8W8", "a8w8_accumulators", "a8w8_isa", "a8w8_linear",
            "a8w8_linear_codes", "a8w8_linear_static", "pack_a8w8", "reference_a8w8_linear",
@@ -101,7 +102,7 @@ def pack_a8w8(codes: Tensor, scales: Tensor) -> PackedA8W8:
     sc[:n] = scales.float().reshape(-1).expand(n)
     ws = torch.zeros(nb * 16, dtype=torch.int32)
     ws[:n] = codes.sum(dim=1, dtype=torch.int32)
-    return PackedA8W8(data, sc, ws, n, k)
+    return PackedA8W8(in_huge_pages(data), sc, ws, n, k)
 
 
 def unpack_a8w8(pw: PackedA8W8) -> tuple[Tensor, Tensor]:
