@@ -36,8 +36,8 @@
  * (g128 runs at 0.94-0.96x the speed of per-channel int4 at K = 1024..4096; GCC's
  * allocation of the same tile in intrinsics copied every accumulator on every step).
  * Rows and blocks left over (M % 6, M < 6, an odd last block) take the intrinsic
- * tiles of tile512: up to 4 rows x 2 blocks with the low and high nibbles in
- * separate accumulators.
+ * tiles of tile512: up to 4 rows x 2 blocks, or 1 row x 4 blocks, with the low and
+ * high nibbles in separate accumulators.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -153,8 +153,8 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
     const uint8_t *wb = p->w + (size_t)b0 * bstride;
     const int8_t *qx = p->qx + (size_t)m0 * p->ldq;
     const __m512i m0f = _mm512_set1_epi8(0x0F);
-    __m512 t[4][2];
-    __m512i acc[4][2], acch[4][2]; /* low and high nibbles' sums: two independent chains */
+    __m512 t[4][4];
+    __m512i acc[4][4], acch[4][4]; /* low and high nibbles' sums: two independent chains */
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
@@ -181,7 +181,7 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
             for (int j = 0; j < NR; ++j) acch[i][j] = _mm512_setzero_si512();
         const size_t o0 = (size_t)g * opg;
         for (int o = 0; o < opg; ++o) {
-            __m512i lo[2], hi[2];
+            __m512i lo[4], hi[4];
             const uint8_t *wo = wb + (o0 + o) * 64;
 #pragma GCC unroll 4
             for (int j = 0; j < NR; ++j) {
@@ -360,6 +360,10 @@ T512 static void tile512_6x2(const problem *p, int64_t m0, int b0) {
 }
 
 T512 static void run512_tiles(const problem *p, int b_begin, int b_end, int64_t m_begin, int64_t m_end) {
+    if (m_end - m_begin == 1) { /* one row (M = 1): 4 blocks, so 8 vpdpbusd chains hide the
+                                 * latency (2 blocks: 1 x 4096 x 4096 76 -> 69 us) */
+        for (; b_begin + 4 <= b_end; b_begin += 4) tile512(p, m_begin, b_begin, 1, 4);
+    }
     for (int b = b_begin; b < b_end; b += 2) {
         const int nr = b_end - b < 2 ? b_end - b : 2;
         for (int64_t m = m_begin; m < m_end; m += 4) {
