@@ -210,7 +210,7 @@ def test_weights_in_huge_pages_give_the_same_results():
 
     small = torch.arange(10.0)
     assert in_huge_pages(small) is small  # below one huge page: kept as is
-    t = _rand(1024, 600)  # 2.3 MiB: one huge page and a 4 KiB tail
+    t = _rand(1024, 600)  # 2.3 MiB: one huge page, the rest in 4 KiB pages
     h = in_huge_pages(t)
     assert torch.equal(h, t) and h.dtype == t.dtype and h.is_contiguous()
     if h is not t:  # t itself where the OS offers no huge pages
