@@ -50,6 +50,7 @@ from machine import cpu_name, memory_read_gbs
 import lowbit as lb
 import lowbit.kernels as K
 
+COLD_MIB = 320  # cold weight copies: 10x the 32 MiB L3
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 4096, 4096), (512, 1024, 1024),
           (2048, 4096, 4096)]
 
@@ -155,7 +156,7 @@ def x_i8(x):
     return _XI8[key]
 
 
-def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=320 * 2**20,
+def bench_shape(shape, mode, rounds, pause, have_ort, only=None, cold_bytes=COLD_MIB * 2**20,
                 reps=7, warm_s=0.01):
     mm, k, n = shape
     torch.manual_seed(0)
@@ -209,7 +210,7 @@ def main(argv=None):
     ap.add_argument("--warm-ms", type=float, default=10.0,
                     help="untimed calls for at least this long before each sample")
     ap.add_argument("--only", default="", help="comma-separated substrings of method names")
-    ap.add_argument("--cold-mib", type=int, default=320,
+    ap.add_argument("--cold-mib", type=int, default=COLD_MIB,
                     help="cold mode: weight copies totalling at least this many MiB (10x L3)")
     args = ap.parse_args(argv)
     try:

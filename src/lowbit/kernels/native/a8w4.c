@@ -177,7 +177,7 @@ INLINE T512 void tile512(const problem *p, int64_t m0, int b0, const int MR, con
         }
 #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int j = 0; j < NR; ++j) acch[i][j] = _mm512_setzero_si512();
         const size_t o0 = (size_t)g * opg;
         for (int o = 0; o < opg; ++o) {
